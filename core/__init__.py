@@ -1,0 +1,1 @@
+"""The HTTP API of the Letraz backend (``/api/v1/``)."""

@@ -1,0 +1,131 @@
+"""Thin views over the one ``HealthService``: liveness, readiness and the full report."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from typing import Any
+
+from drf_spectacular.utils import extend_schema
+from rest_framework.negotiation import BaseContentNegotiation
+from rest_framework.parsers import BaseParser
+from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from core.serializers import HealthCheckSerializer, LivenessSerializer
+from health.conf import health_settings
+from health.service import get_health_service
+from health.status import FAILURE_STATUS, OverallStatus
+
+logger = logging.getLogger("health")
+
+
+class JSONWhateverTheAccept(BaseContentNegotiation):
+    """Probes send ``*/*``, browsers ``text/html``: both get JSON, never a 406."""
+
+    def select_parser(self, request: Request, parsers: Iterable[BaseParser]) -> BaseParser | None:
+        return next(iter(parsers), None)
+
+    def select_renderer(
+        self, request: Request, renderers: Iterable[BaseRenderer], format_suffix: str | None = None
+    ) -> tuple[BaseRenderer, str]:
+        renderer = next(iter(renderers))
+        return renderer, renderer.media_type
+
+
+def _strip_body(response: Any) -> None:
+    """HEAD: the headers GET would send, Content-Length included, and no body."""
+    response["Content-Length"] = str(len(response.content))
+    response.content = b""
+
+
+class ProbeView(APIView):
+    """Public, JSON-only, never cached by anyone in between."""
+
+    authentication_classes: list[Any] = []
+    permission_classes = [AllowAny]
+    throttle_classes: list[Any] = []
+    renderer_classes = [JSONRenderer]
+    content_negotiation_class = JSONWhateverTheAccept
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["Cache-Control"] = "no-store"
+        # A 503 here is an answer, not a server error: Django would log every one at
+        # ERROR (and Sentry's logging integration would send each as an event).
+        response._has_been_logged = True
+        if request.method == "HEAD" and hasattr(response, "add_post_render_callback"):
+            response.add_post_render_callback(_strip_body)
+        return response
+
+    def report_response(self, *, readiness: bool) -> Response:
+        try:
+            report = get_health_service().check()
+        except Exception:  # A bug in the engine must still give a defined answer.
+            logger.exception("The health report could not be made")
+            body: dict[str, object] = {
+                "instance_id": health_settings.instance_id,
+                "status": OverallStatus.DEGRADED.value,
+                "details": {c.value: s.value for c, s in FAILURE_STATUS.items()},
+            }
+            return Response(HealthCheckSerializer(body).data, status=503)
+        body = report.as_dict()
+        healthy = report.status == OverallStatus.OPERATIONAL
+        if readiness and report.draining:
+            body["status"], healthy = OverallStatus.DEGRADED.value, False
+        return Response(HealthCheckSerializer(body).data, status=200 if healthy else 503)
+
+
+class HealthView(ProbeView):
+    @extend_schema(
+        operation_id="health_retrieve",
+        tags=["Core APIs"],
+        summary="Get server health status",
+        description="Returns the server health status. The sentry status is also included in the response",
+        responses={200: HealthCheckSerializer, 503: HealthCheckSerializer},
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        return self.report_response(readiness=False)
+
+
+class ReadinessView(ProbeView):
+    @extend_schema(
+        operation_id="health_ready_retrieve",
+        tags=["Core APIs"],
+        summary="Is this instance ready for traffic?",
+        description=(
+            "For readiness probes and load balancers. The same body as `/health/`: 200 when every critical "
+            "component is OPERATIONAL, 503 otherwise, and 503 while the instance is draining before it "
+            "stops (then `status` is DEGRADED whatever the components say). Results are cached for a few "
+            "seconds per process, so probing often costs the dependencies nothing more."
+        ),
+        responses={200: HealthCheckSerializer, 503: HealthCheckSerializer},
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        return self.report_response(readiness=True)
+
+
+class LivenessView(ProbeView):
+    @extend_schema(
+        operation_id="health_live_retrieve",
+        tags=["Core APIs"],
+        summary="Is this process alive?",
+        description=(
+            "For liveness probes and the container's health check. Answers from the process alone and "
+            "touches no dependency, so an outage of Clerk, the database or the util service never "
+            "restarts the fleet: 200 whenever the process can serve requests."
+        ),
+        responses={200: LivenessSerializer},
+        auth=[],
+    )
+    def get(self, request: Request) -> Response:
+        body: dict[str, object] = {
+            "instance_id": health_settings.instance_id,
+            "status": OverallStatus.OPERATIONAL.value,
+        }
+        return Response(LivenessSerializer(body).data)

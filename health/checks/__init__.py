@@ -1,0 +1,36 @@
+"""One check object per component; ``build_checks`` says the list once."""
+
+from __future__ import annotations
+
+from health.checks.base import CheckFailed, HealthCheck, Verdict
+from health.checks.clerk import ClerkCheck
+from health.checks.database import DatabaseCheck
+from health.checks.sentry import SentryCheck
+from health.checks.util_service import UtilServiceCheck
+from health.conf import HealthSettings, health_settings
+
+
+def build_checks(conf: HealthSettings = health_settings) -> list[HealthCheck]:
+    """The checks of this instance, in the contract's order of ``details``."""
+    return [
+        SentryCheck(dsn=conf.sentry_dsn),
+        ClerkCheck(secret_key=conf.clerk_secret_key, api_url=conf.clerk_api_url),
+        DatabaseCheck(slow_ms=conf.db_slow_ms),
+        UtilServiceCheck(
+            target=conf.util_grpc_target,
+            tls=conf.util_grpc_tls,
+            protocol=conf.util_grpc_health_protocol,
+        ),
+    ]
+
+
+__all__ = [
+    "CheckFailed",
+    "ClerkCheck",
+    "DatabaseCheck",
+    "HealthCheck",
+    "SentryCheck",
+    "UtilServiceCheck",
+    "Verdict",
+    "build_checks",
+]

@@ -1,0 +1,71 @@
+"""Can we make an authenticated call to Clerk's Backend API, in time?"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import httpx
+import pydantic
+from clerk_backend_api import Clerk
+from clerk_backend_api.models import ClerkBaseError, NoResponseError, ResponseValidationError
+
+from health.checks.base import CheckFailed, Verdict
+from health.status import ClerkStatus, Component
+
+
+@dataclass
+class ClerkCheck:
+    """``GET /jwks`` through ``clerk-backend-api``: cheap, and it needs the secret key.
+
+    The SDK retries with backoff for up to an hour by default; here retries are off,
+    because the runner's time limit and cache already decide how often Clerk is asked.
+    The client costs tens of milliseconds to build, so one is kept per process.
+    """
+
+    secret_key: str = field(repr=False)
+    api_url: str
+    component: Component = field(default=Component.CLERK, init=False)
+    timeout_status: ClerkStatus = field(default=ClerkStatus.DOWN, init=False)
+    error_status: ClerkStatus = field(default=ClerkStatus.DOWN, init=False)
+    _client: Clerk | None = field(default=None, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def run(self, timeout: float) -> Verdict:
+        if not self.secret_key:
+            raise CheckFailed(ClerkStatus.DOWN, "CLERK_SECRET_KEY is not set")
+        timeout_ms = max(1, int(timeout * 1000))
+        try:
+            jwks = self._get_client(timeout_ms).jwks.get_jwks(retries=None, timeout_ms=timeout_ms)
+        except ResponseValidationError as exc:
+            raise CheckFailed(ClerkStatus.DOWN, "unreadable answer") from exc
+        except ClerkBaseError as exc:
+            raise CheckFailed(ClerkStatus.DOWN, f"HTTP {exc.status_code}") from exc
+        except NoResponseError as exc:
+            raise CheckFailed(ClerkStatus.DOWN, "no response") from exc
+        except httpx.TimeoutException as exc:
+            raise CheckFailed(ClerkStatus.DOWN, f"timeout after {timeout:g} s") from exc
+        except httpx.HTTPError as exc:
+            raise CheckFailed(ClerkStatus.DOWN, type(exc).__name__) from exc
+        except (pydantic.ValidationError, ValueError) as exc:
+            raise CheckFailed(ClerkStatus.DOWN, "unreadable answer") from exc
+        if jwks.keys is None:
+            raise CheckFailed(ClerkStatus.DOWN, "answer has no keys")
+        return Verdict(ClerkStatus.OPERATIONAL)
+
+    def _get_client(self, timeout_ms: int) -> Clerk:
+        with self._lock:
+            if self._client is None:
+                self._client = Clerk(
+                    bearer_auth=self.secret_key,
+                    server_url=self.api_url,
+                    retry_config=None,
+                    timeout_ms=timeout_ms,
+                )
+            return self._client
+
+    def close(self) -> None:
+        with self._lock:
+            client, self._client = self._client, None
+        if client is not None:
+            client.sdk_configuration.client.close()  # type: ignore[union-attr]

@@ -1,0 +1,166 @@
+"""The health engine's settings, read lazily from ``django.conf.settings``.
+
+``settings.py`` fills these from the environment (``letraz/env.py``); reading them
+through this object at use time keeps ``override_settings`` working in tests.
+:func:`configuration_errors` is what the system checks report.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import socket
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from django.conf import settings
+
+from health.status import Component
+
+UTIL_PROTOCOLS = ("letraz", "grpc")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
+
+
+@dataclass(frozen=True)
+class GrpcTarget:
+    host: str
+    port: int
+
+    @property
+    def address(self) -> str:
+        """The target as gRPC wants it (IPv6 literals in brackets)."""
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+def parse_grpc_target(value: str) -> GrpcTarget:
+    """Parse ``host:port`` (``[v6]:port`` for IPv6); raise ``ValueError`` otherwise."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected host:port")
+    port = int(port_text)
+    if not 0 < port < 65536:
+        raise ValueError("port must be between 1 and 65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    elif not _HOSTNAME.match(host):
+        raise ValueError("not a valid host name")
+    return GrpcTarget(host, port)
+
+
+def default_instance_id() -> str:
+    """A stable id per host that does not reveal the host name.
+
+    Every worker of one server (one pod, one machine) derives the same value; two
+    hosts derive different ones.
+    """
+    return str(uuid.uuid5(uuid.NAMESPACE_DNS, socket.gethostname()))
+
+
+class HealthSettings:
+    """Lazy, typed view of the settings the health engine uses."""
+
+    @property
+    def check_timeout(self) -> float:
+        return float(getattr(settings, "HEALTH_CHECK_TIMEOUT", 0.5))
+
+    @property
+    def db_slow_ms(self) -> float:
+        return float(getattr(settings, "HEALTH_DB_SLOW_MS", 250))
+
+    @property
+    def cache_ttl(self) -> float:
+        return float(getattr(settings, "HEALTH_CACHE_TTL", 5.0))
+
+    @property
+    def max_staleness(self) -> float:
+        return float(getattr(settings, "HEALTH_MAX_STALENESS", 30.0))
+
+    @property
+    def critical_component_names(self) -> tuple[str, ...]:
+        default = (Component.CLERK, Component.DB, Component.UTIL_SERVICE)
+        return tuple(getattr(settings, "HEALTH_CRITICAL_COMPONENTS", default))
+
+    @property
+    def critical_components(self) -> frozenset[Component]:
+        """Known names only; unknown ones are a system-check error (health.E004)."""
+        known = {c.value for c in Component}
+        return frozenset(Component(n) for n in self.critical_component_names if n in known)
+
+    @property
+    def drain_file(self) -> Path | None:
+        value = getattr(settings, "HEALTH_DRAIN_FILE", "")
+        return Path(value) if value else None
+
+    @property
+    def instance_id(self) -> str:
+        return getattr(settings, "INSTANCE_ID", "") or default_instance_id()
+
+    @property
+    def sentry_dsn(self) -> str:
+        return getattr(settings, "SENTRY_DSN", "")
+
+    @property
+    def clerk_secret_key(self) -> str:
+        return getattr(settings, "CLERK_SECRET_KEY", "")
+
+    @property
+    def clerk_api_url(self) -> str:
+        return getattr(settings, "CLERK_API_URL", "https://api.clerk.com/v1")
+
+    @property
+    def util_grpc_host(self) -> str:
+        return getattr(settings, "UTIL_GRPC_HOST", "")
+
+    @property
+    def util_grpc_target(self) -> GrpcTarget | None:
+        """The parsed target, or None when unset or malformed (health.E003)."""
+        try:
+            return parse_grpc_target(self.util_grpc_host) if self.util_grpc_host else None
+        except ValueError:
+            return None
+
+    @property
+    def util_grpc_tls(self) -> bool:
+        return bool(getattr(settings, "UTIL_GRPC_TLS", True))
+
+    @property
+    def util_grpc_health_protocol(self) -> str:
+        return getattr(settings, "UTIL_GRPC_HEALTH_PROTOCOL", "letraz")
+
+
+health_settings = HealthSettings()
+
+
+def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[str, str]]:
+    """Each misconfiguration as ``(check id, message)``; empty when all is well."""
+    errors: list[tuple[str, str]] = []
+    if conf.check_timeout <= 0:
+        errors.append(("health.E001", "HEALTH_CHECK_TIMEOUT must be a positive number of seconds."))
+    if conf.db_slow_ms <= 0:
+        errors.append(("health.E002", "HEALTH_DB_SLOW_MS must be a positive number of milliseconds."))
+    if conf.util_grpc_host:
+        try:
+            parse_grpc_target(conf.util_grpc_host)
+        except ValueError as exc:
+            errors.append(("health.E003", f"UTIL_GRPC_HOST must be host:port ({exc})."))
+    known = [c.value for c in Component]
+    unknown = [n for n in conf.critical_component_names if n not in known]
+    if unknown:
+        errors.append(
+            (
+                "health.E004",
+                f"HEALTH_CRITICAL_COMPONENTS names unknown component(s) {', '.join(map(repr, unknown))};"
+                f" known: {', '.join(known)}.",
+            )
+        )
+    if conf.util_grpc_health_protocol not in UTIL_PROTOCOLS:
+        errors.append(("health.E005", f"UTIL_GRPC_HEALTH_PROTOCOL must be one of {', '.join(UTIL_PROTOCOLS)}."))
+    if conf.cache_ttl < 0:
+        errors.append(("health.E006", "HEALTH_CACHE_TTL must be zero or more seconds."))
+    if conf.max_staleness < conf.cache_ttl:
+        errors.append(("health.E007", "HEALTH_MAX_STALENESS must be at least HEALTH_CACHE_TTL."))
+    if not conf.clerk_api_url.startswith(("https://", "http://")):
+        errors.append(("health.E008", "CLERK_API_URL must be an http(s) URL."))
+    return errors

@@ -1,0 +1,209 @@
+"""The one :class:`HealthService` every face asks: the HTTP API, the CLI and gRPC."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import sentry_sdk
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+from health.checks import HealthCheck, build_checks
+from health.conf import HealthSettings, health_settings
+from health.runner import CheckResult, Clock, ComponentMonitor, PendingRun
+from health.status import OPERATIONAL, Component, OverallStatus, SentryStatus
+
+logger = logging.getLogger("health")
+
+
+@dataclass(frozen=True)
+class HealthReport:
+    """The answer to "is this instance fit to serve?" at one moment."""
+
+    instance_id: str
+    status: OverallStatus
+    results: dict[Component, CheckResult]
+    draining: bool = False
+
+    @property
+    def details(self) -> dict[str, str]:
+        return {component.value: str(result.status) for component, result in self.results.items()}
+
+    def as_dict(self) -> dict[str, object]:
+        """The contract's body (``HealthCheck`` in ``openapi.yaml``)."""
+        return {"instance_id": self.instance_id, "status": self.status.value, "details": self.details}
+
+
+@dataclass
+class HealthService:
+    """Asks every check concurrently, each cached and bounded by the same time limit."""
+
+    checks: Sequence[HealthCheck]
+    instance_id: str
+    critical: frozenset[Component]
+    timeout: float = 0.5
+    ttl: float = 5.0
+    max_staleness: float = 30.0
+    drain_file: Path | None = None
+    clock: Clock = time.monotonic
+    _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
+    _executor: futures.ThreadPoolExecutor = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # One thread per component is enough: a component never has two runs in flight.
+        self._executor = futures.ThreadPoolExecutor(
+            max_workers=max(1, len(self.checks)), thread_name_prefix="health-check"
+        )
+        self._monitors = {
+            check.component: ComponentMonitor(
+                check,
+                self._executor,
+                timeout=self.timeout,
+                ttl=self.ttl,
+                max_staleness=self.max_staleness,
+                on_change=log_change,
+                clock=self.clock,
+            )
+            for check in self.checks
+        }
+
+    @property
+    def components(self) -> tuple[Component, ...]:
+        return tuple(self._monitors)
+
+    @property
+    def monitors(self) -> dict[Component, ComponentMonitor]:
+        return dict(self._monitors)
+
+    def check(self, components: Iterable[Component] | None = None) -> HealthReport:
+        """A report on ``components`` (all by default), within the time limit."""
+        wanted = self.components if components is None else tuple(components)
+        polled = {c: self._monitors[c].poll() for c in wanted}
+        pending = [p for p in polled.values() if isinstance(p, PendingRun)]
+        if pending:
+            deadline = max(p.deadline for p in pending)
+            futures.wait([p.future for p in pending], timeout=max(0.0, deadline - self.clock()))
+        results = {c: self._monitors[c].collect(p) if isinstance(p, PendingRun) else p for c, p in polled.items()}
+        healthy = all(results[c].status == OPERATIONAL for c in self.critical if c in results)
+        return HealthReport(
+            self.instance_id,
+            OverallStatus.OPERATIONAL if healthy else OverallStatus.DEGRADED,
+            results,
+            draining=self.draining,
+        )
+
+    @property
+    def draining(self) -> bool:
+        """True while the drain file exists: readiness says no, liveness still yes."""
+        return self.drain_file is not None and self.drain_file.exists()
+
+    def warm_up(self) -> None:
+        """Start every check in the background so the first probe finds results."""
+        for monitor in self._monitors.values():
+            monitor.refresh()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+        for check in self.checks:
+            check.close()
+
+
+def log_change(previous: CheckResult | None, result: CheckResult) -> None:
+    """One log line per change of state; a change to failure goes to Sentry once."""
+    before = previous.status if previous is not None else "UNKNOWN"
+    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
+    failing = result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
+    because = f" ({result.reason})" if result.reason else ""
+    message = f"{result.component} {before} -> {result.status}{because}"
+    exc_info = result.error if result.error is not None else None
+    if failing:
+        logger.warning(message, exc_info=exc_info)
+        if previous is None or previous.status != result.status:
+            with sentry_sdk.new_scope() as scope:
+                scope.set_tag("health.component", result.component.value)
+                scope.set_tag("health.status", result.status)
+                scope.fingerprint = ["health-change", result.component.value, result.status]
+                if result.error is not None:
+                    sentry_sdk.capture_exception(result.error)
+                else:
+                    sentry_sdk.capture_message(message, level="warning")
+    else:
+        logger.info(message)
+
+
+def build_service(conf: HealthSettings = health_settings) -> HealthService:
+    return HealthService(
+        checks=build_checks(conf),
+        instance_id=conf.instance_id,
+        critical=conf.critical_components,
+        timeout=conf.check_timeout,
+        ttl=conf.cache_ttl,
+        max_staleness=conf.max_staleness,
+        drain_file=conf.drain_file,
+    )
+
+
+_service: HealthService | None = None
+_service_lock = threading.Lock()
+
+
+def get_health_service() -> HealthService:
+    """This process's service, built on first use (after gunicorn forks the worker)."""
+    global _service
+    service = _service
+    if service is None:
+        with _service_lock:
+            if _service is None:
+                _service = build_service()
+            service = _service
+    return service
+
+
+def reset_health_service() -> None:
+    """Drop this process's service; the next call builds one from current settings."""
+    global _service
+    with _service_lock:
+        service, _service = _service, None
+    if service is not None:
+        service.close()
+
+
+def _forget_after_fork() -> None:
+    # Threads and channels do not survive fork(); the child builds its own service.
+    global _service, _service_lock
+    _service, _service_lock = None, threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_after_fork)
+
+_HEALTH_SETTINGS = frozenset(
+    {
+        "HEALTH_CHECK_TIMEOUT",
+        "HEALTH_DB_SLOW_MS",
+        "HEALTH_CRITICAL_COMPONENTS",
+        "HEALTH_CACHE_TTL",
+        "HEALTH_MAX_STALENESS",
+        "HEALTH_DRAIN_FILE",
+        "INSTANCE_ID",
+        "SENTRY_DSN",
+        "CLERK_SECRET_KEY",
+        "CLERK_API_URL",
+        "UTIL_GRPC_HOST",
+        "UTIL_GRPC_TLS",
+        "UTIL_GRPC_HEALTH_PROTOCOL",
+        "DATABASES",
+    }
+)
+
+
+@receiver(setting_changed)
+def _rebuild_on_setting_change(*, setting: str, **kwargs: object) -> None:
+    if setting in _HEALTH_SETTINGS:
+        reset_health_service()

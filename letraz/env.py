@@ -1,0 +1,84 @@
+"""The one place that reads the process environment.
+
+Every setting comes through :class:`Env`, which parses a variable into a typed value
+or raises :class:`~django.core.exceptions.ImproperlyConfigured` naming the variable,
+so a malformed deploy fails when the process starts, not on the first request.
+Semantic checks (is this ``host:port``, is that a known component) are Django system
+checks (``health/system_checks.py``) so that they show in ``manage.py check``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+from django.core.exceptions import ImproperlyConfigured
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off", ""})
+
+
+class Env:
+    """Typed access to an environment mapping (``os.environ`` by default)."""
+
+    def __init__(self, environ: Mapping[str, str] | None = None) -> None:
+        self._environ = os.environ if environ is None else environ
+
+    def raw(self, name: str) -> str | None:
+        """The variable's value with surrounding blanks removed; unset and blank are None."""
+        value = self._environ.get(name)
+        if value is None or not value.strip():
+            return None
+        return value.strip()
+
+    def string(self, name: str, default: str = "") -> str:
+        value = self.raw(name)
+        return default if value is None else value
+
+    def required(self, name: str) -> str:
+        value = self.raw(name)
+        if value is None:
+            raise ImproperlyConfigured(f"{name} must be set.")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.raw(name)
+        if value is None:
+            return default
+        lowered = value.lower()
+        if lowered in _TRUE:
+            return True
+        if lowered in _FALSE:
+            return False
+        raise ImproperlyConfigured(f"{name} must be true or false, got {value!r}.")
+
+    def number(self, name: str, default: float) -> float:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            number = float(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a number, got {value!r}.") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ImproperlyConfigured(f"{name} must be a finite number, got {value!r}.")
+        return number
+
+    def integer(self, name: str, default: int) -> int:
+        value = self.raw(name)
+        if value is None:
+            return default
+        try:
+            return int(value)
+        except ValueError:
+            raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
+
+    def items(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
+        """A comma-separated list; blanks around items are dropped, empty items too."""
+        value = self._environ.get(name)
+        if value is None:
+            return default
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+
+
+env = Env()

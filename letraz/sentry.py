@@ -1,0 +1,73 @@
+"""Sentry's one initialisation for the whole process, and what became of it.
+
+``settings.py`` calls :func:`init_sentry` when ``SENTRY_DSN`` is set. A malformed DSN
+must never stop the server, so the error is kept (class name only) for the ``sentry``
+health check to report as ``FAILED``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import sentry_sdk
+from sentry_sdk.integrations.django import DjangoIntegration
+
+logger = logging.getLogger(__name__)
+
+#: Probes are never traced: tracing one costs more than answering it.
+HEALTH_PATH = re.compile(r"^/api/v\d+/health/")
+
+
+@dataclass(frozen=True)
+class SentrySetup:
+    """The outcome of :func:`init_sentry` in this process."""
+
+    attempted: bool = False
+    error: str | None = None
+
+
+setup = SentrySetup()
+
+
+def traces_sampler_for(rate: float) -> Callable[[dict[str, Any]], float]:
+    """A sampler that keeps ``rate`` of requests but never samples a health probe."""
+
+    def sampler(context: dict[str, Any]) -> float:
+        environ = context.get("wsgi_environ") or {}
+        path = environ.get("PATH_INFO", "")
+        if HEALTH_PATH.match(path):
+            return 0.0
+        parent = context.get("parent_sampled")
+        return float(parent) if parent is not None else rate
+
+    return sampler
+
+
+def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 0.0) -> SentrySetup:
+    """Initialise the SDK once; never raise. Returns (and keeps) the outcome."""
+    global setup
+    if not dsn:
+        setup = SentrySetup()
+        return setup
+    options: dict[str, Any] = {
+        "dsn": dsn,
+        "environment": environment or None,
+        "send_default_pii": False,
+        # Spans for every middleware and signal are what makes the Django integration
+        # expensive; the request transaction alone is enough here.
+        "integrations": [DjangoIntegration(middleware_spans=False, signals_spans=False, cache_spans=False)],
+    }
+    if traces_sample_rate > 0:
+        options["traces_sampler"] = traces_sampler_for(traces_sample_rate)
+    try:
+        sentry_sdk.init(**options)
+    except Exception as exc:  # BadDsn is a ValueError; any failure must not stop start-up.
+        setup = SentrySetup(attempted=True, error=type(exc).__name__)
+        logger.warning("Sentry could not be initialised (%s); running without it.", type(exc).__name__)
+    else:
+        setup = SentrySetup(attempted=True)
+    return setup
