@@ -93,6 +93,11 @@ class ComponentMonitor:
     def last_result(self) -> CheckResult | None:
         return self._result
 
+    @property
+    def in_flight(self) -> PendingRun | None:
+        """The run in progress, if any (settled on the next poll)."""
+        return self._run
+
     def poll(self) -> CheckResult | PendingRun:
         """A result good enough to serve now, or the run to wait for."""
         with self._lock:

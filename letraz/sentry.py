@@ -56,7 +56,6 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
     options: dict[str, Any] = {
         "dsn": dsn,
         "environment": environment or None,
-        "send_default_pii": False,
         # Spans for every middleware and signal are what makes the Django integration
         # expensive; the request transaction alone is enough here.
         "integrations": [DjangoIntegration(middleware_spans=False, signals_spans=False, cache_spans=False)],

@@ -1,0 +1,91 @@
+"""Misconfiguration is a clear system-check error at deploy time, never a 500 later."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from django.core.checks import Error, run_checks
+from django.test import override_settings
+
+from health.conf import GrpcTarget, default_instance_id, parse_grpc_target
+
+
+def health_errors() -> dict[str, str]:
+    return {m.id: m.msg for m in run_checks(tags=["health"]) if isinstance(m, Error) and m.id}
+
+
+def test_the_default_configuration_passes_every_check() -> None:
+    assert health_errors() == {}
+
+
+@pytest.mark.parametrize(
+    ("overrides", "check_id", "fragment"),
+    [
+        ({"HEALTH_CHECK_TIMEOUT": -1.0}, "health.E001", "HEALTH_CHECK_TIMEOUT"),
+        ({"HEALTH_CHECK_TIMEOUT": 0.0}, "health.E001", "positive"),
+        ({"HEALTH_DB_SLOW_MS": 0.0}, "health.E002", "HEALTH_DB_SLOW_MS"),
+        ({"UTIL_GRPC_HOST": "nonsense"}, "health.E003", "host:port"),
+        ({"UTIL_GRPC_HOST": "util:99999"}, "health.E003", "65535"),
+        ({"UTIL_GRPC_HOST": "[zz::1]:80"}, "health.E003", "UTIL_GRPC_HOST"),
+        ({"HEALTH_CRITICAL_COMPONENTS": ("clerk", "redis")}, "health.E004", "'redis'"),
+        ({"UTIL_GRPC_HEALTH_PROTOCOL": "http"}, "health.E005", "letraz, grpc"),
+        ({"HEALTH_CACHE_TTL": -1.0}, "health.E006", "HEALTH_CACHE_TTL"),
+        ({"HEALTH_CACHE_TTL": 10.0, "HEALTH_MAX_STALENESS": 5.0}, "health.E007", "HEALTH_MAX_STALENESS"),
+        ({"CLERK_API_URL": "api.clerk.com"}, "health.E008", "CLERK_API_URL"),
+    ],
+)
+def test_each_malformed_setting_is_an_error(overrides: dict[str, object], check_id: str, fragment: str) -> None:
+    with override_settings(**overrides):
+        errors = health_errors()
+    assert check_id in errors
+    assert fragment in errors[check_id]
+
+
+def test_manage_py_check_reports_a_bad_util_host_and_fails() -> None:
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SECRET_KEY": "x", "UTIL_GRPC_HOST": "nonsense"}
+    result = subprocess.run(
+        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 1
+    assert "health.E003" in result.stderr
+    assert "UTIL_GRPC_HOST must be host:port" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [
+        ("util:8080", GrpcTarget("util", 8080)),
+        ("util.letraz.internal:443", GrpcTarget("util.letraz.internal", 443)),
+        ("127.0.0.1:50051", GrpcTarget("127.0.0.1", 50051)),
+        ("[::1]:8080", GrpcTarget("::1", 8080)),
+    ],
+)
+def test_grpc_targets_parse(text: str, target: GrpcTarget) -> None:
+    assert parse_grpc_target(text) == target
+
+
+def test_ipv6_targets_are_bracketed_again_for_grpc() -> None:
+    assert GrpcTarget("::1", 8080).address == "[::1]:8080"
+    assert GrpcTarget("util", 8080).address == "util:8080"
+
+
+@pytest.mark.parametrize("text", ["nonsense", ":8080", "util:", "util:0", "util:http", "a b:80", "[::1:80"])
+def test_malformed_grpc_targets_are_rejected(text: str) -> None:
+    with pytest.raises(ValueError):
+        parse_grpc_target(text)
+
+
+def test_the_instance_id_is_stable_and_does_not_reveal_the_host_name() -> None:
+    import socket
+
+    assert default_instance_id() == default_instance_id()
+    assert socket.gethostname() not in default_instance_id()
+
+
+def test_instance_id_from_the_environment_wins() -> None:
+    from health.conf import health_settings
+
+    with override_settings(INSTANCE_ID="web-7f9c"):
+        assert health_settings.instance_id == "web-7f9c"
