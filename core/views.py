@@ -64,19 +64,20 @@ class ProbeView(APIView):
     def report_response(self, *, readiness: bool) -> Response:
         try:
             report = get_health_service().check()
+            body = report.as_dict()
+            healthy = report.status == OverallStatus.OPERATIONAL
+            if readiness and report.draining:
+                body["status"], healthy = OverallStatus.DEGRADED.value, False
+            data = HealthCheckSerializer(body).data
         except Exception:  # A bug in the engine must still give a defined answer.
             logger.exception("The health report could not be made")
-            body: dict[str, object] = {
+            body = {
                 "instance_id": health_settings.instance_id,
                 "status": OverallStatus.DEGRADED.value,
                 "details": {c.value: s.value for c, s in FAILURE_STATUS.items()},
             }
-            return Response(HealthCheckSerializer(body).data, status=503)
-        body = report.as_dict()
-        healthy = report.status == OverallStatus.OPERATIONAL
-        if readiness and report.draining:
-            body["status"], healthy = OverallStatus.DEGRADED.value, False
-        return Response(HealthCheckSerializer(body).data, status=200 if healthy else 503)
+            data, healthy = HealthCheckSerializer(body).data, False
+        return Response(data, status=200 if healthy else 503)
 
 
 class HealthView(ProbeView):

@@ -7,6 +7,7 @@ dependency: the health checks do that, live.
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import dj_database_url
@@ -69,7 +70,10 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # --- Static files (Swagger UI and Redoc assets come from drf-spectacular-sidecar) -------
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "staticfiles"
+# Served straight from the apps' static folders; STATIC_ROOT exists only after
+# collectstatic (the image runs it), so WhiteNoise's warning about it is noise.
 WHITENOISE_USE_FINDERS = True
+warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 USE_TZ = True
 TIME_ZONE = "UTC"

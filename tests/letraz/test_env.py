@@ -19,7 +19,9 @@ def test_unset_and_blank_variables_take_the_default() -> None:
     assert env.string("BLANK", "x") == "x"
 
 
-@pytest.mark.parametrize(("text", "expected"), [("true", True), ("1", True), ("ON", True), ("false", False), ("0", False)])
+@pytest.mark.parametrize(
+    ("text", "expected"), [("true", True), ("1", True), ("ON", True), ("false", False), ("0", False)]
+)
 def test_booleans_are_read_in_the_usual_spellings(text: str, expected: bool) -> None:
     assert Env({"FLAG": text}).boolean("FLAG", not expected) is expected
 

@@ -1,0 +1,362 @@
+"""``/api/v1/health/`` and its probes, through Django's request cycle, with real peers."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.test import Client, override_settings
+
+from health.checks import build_checks
+from health.checks.base import Verdict
+from health.service import HealthService, build_service
+from health.status import STATUS_TYPES, Component, SentryStatus
+from tests.peers.clerk import FakeClerkAPI
+from tests.peers.tcp import BlackholeListener
+from tests.peers.util_service import FakeUtilService
+
+HEALTH, LIVE, READY = "/api/v1/health/", "/api/v1/health/live/", "/api/v1/health/ready/"
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def peers(clerk_api: FakeClerkAPI, util_service: FakeUtilService) -> Iterator[tuple[FakeClerkAPI, FakeUtilService]]:
+    """Clerk and the util service both up, and the settings pointing at them."""
+    with override_settings(
+        CLERK_SECRET_KEY=clerk_api.secret_key,
+        CLERK_API_URL=clerk_api.url,
+        UTIL_GRPC_HOST=util_service.target,
+        UTIL_GRPC_TLS=False,
+    ):
+        yield clerk_api, util_service
+
+
+def body(response: Any) -> dict[str, Any]:
+    assert response["Content-Type"] == "application/json"
+    return json.loads(response.content)
+
+
+def test_all_green_is_200_with_the_contracts_body(client: Client, peers: Any) -> None:
+    response = client.get(HEALTH)
+    assert response.status_code == 200
+    assert body(response) == {
+        "instance_id": body(response)["instance_id"],
+        "status": "OPERATIONAL",
+        "details": {
+            "sentry": "UNINITIALIZED",
+            "clerk": "OPERATIONAL",
+            "db": "OPERATIONAL",
+            "util_service": "OPERATIONAL",
+        },
+    }
+    assert response["Cache-Control"] == "no-store"
+
+
+def test_a_fresh_clone_without_clerk_or_util_is_degraded_with_503(client: Client) -> None:
+    response = client.get(HEALTH)
+    assert response.status_code == 503
+    assert body(response)["status"] == "DEGRADED"
+    assert body(response)["details"] == {
+        "sentry": "UNINITIALIZED",
+        "clerk": "DOWN",
+        "db": "OPERATIONAL",
+        "util_service": "DISCONNECTED",
+    }
+
+
+@pytest.mark.parametrize("accept", ["*/*", "text/html", "application/xml", "text/html,application/xhtml+xml;q=0.9"])
+def test_the_answer_is_json_whatever_the_accept_header(client: Client, peers: Any, accept: str) -> None:
+    response = client.get(HEALTH, HTTP_ACCEPT=accept)
+    assert response.status_code == 200
+    assert body(response)["status"] == "OPERATIONAL"
+
+
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
+def test_other_methods_get_405_with_a_json_body(client: Client, method: str) -> None:
+    response = getattr(client, method)(HEALTH)
+    assert response.status_code == 405
+    assert body(response) == {"detail": f'Method "{method.upper()}" not allowed.'}
+    assert "GET" in response["Allow"]
+
+
+def test_unknown_query_parameters_are_ignored(client: Client, peers: Any) -> None:
+    response = client.get(HEALTH, {"verbose": "1", "format": "xml", "x": "<script>"})
+    assert response.status_code == 200
+    assert set(body(response)) == {"instance_id", "status", "details"}
+
+
+def test_head_gives_the_same_status_and_headers_and_no_body(client: Client, peers: Any) -> None:
+    for path in (HEALTH, LIVE, READY):
+        got, head = client.get(path), client.head(path)
+        assert head.status_code == got.status_code
+        assert head.content == b""
+        for header in ("Content-Type", "Cache-Control", "Content-Length"):
+            assert head[header] == got[header], (path, header)
+
+
+def test_an_unhealthy_util_service_is_503_with_the_full_body(client: Client, peers: Any) -> None:
+    _, util = peers
+    util.mode = "unhealthy"
+    response = client.get(HEALTH)
+    assert response.status_code == 503
+    assert body(response)["status"] == "DEGRADED"
+    assert body(response)["details"]["util_service"] == "FAILED"
+    assert body(response)["details"]["clerk"] == "OPERATIONAL"
+
+
+def test_live_means_live_each_change_of_a_peer_shows_in_the_next_answer(client: Client, peers: Any) -> None:
+    clerk, util = peers
+    assert client.get(HEALTH).status_code == 200
+    util.mode = "unhealthy"
+    assert body(client.get(HEALTH))["details"]["util_service"] == "FAILED"
+    util.stop()
+    assert body(client.get(HEALTH))["details"]["util_service"] == "DISCONNECTED"
+    clerk.mode = "unauthorized"
+    assert body(client.get(HEALTH))["details"]["clerk"] == "DOWN"
+    clerk.mode = "ok"
+    util.mode = "healthy"
+    util.start()
+    deadline = time.monotonic() + 5
+    while (response := client.get(HEALTH)).status_code != 200:
+        assert time.monotonic() < deadline, body(response)
+    assert body(response)["status"] == "OPERATIONAL"
+
+
+def test_every_dependency_hanging_still_answers_within_the_time_limit(
+    client: Client, clerk_api: FakeClerkAPI, blackhole: BlackholeListener
+) -> None:
+    clerk_api.mode, clerk_api.delay = "slow", 30
+    with override_settings(
+        CLERK_SECRET_KEY=clerk_api.secret_key,
+        CLERK_API_URL=clerk_api.url,
+        UTIL_GRPC_HOST=blackhole.target,
+        UTIL_GRPC_TLS=False,
+        HEALTH_CHECK_TIMEOUT=0.5,
+    ):
+        started = time.monotonic()
+        response = client.get(HEALTH)
+        elapsed = time.monotonic() - started
+    assert response.status_code == 503
+    assert body(response)["details"]["clerk"] == "DOWN"
+    assert body(response)["details"]["util_service"] == "DISCONNECTED"
+    assert elapsed < 2.0  # 0.5 s limit, concurrently; generous bound that proves "no hang"
+
+
+def test_public_bodies_carry_no_secret_host_or_exception_text(
+    client: Client, clerk_api: FakeClerkAPI, closed_port: int
+) -> None:
+    clerk_api.mode = "server_error"
+    with override_settings(
+        CLERK_SECRET_KEY=clerk_api.secret_key,
+        CLERK_API_URL=clerk_api.url,
+        UTIL_GRPC_HOST=f"127.0.0.1:{closed_port}",
+        UTIL_GRPC_TLS=False,
+        SENTRY_DSN="https://verysecretkey@o1.ingest.sentry.io/1",
+    ):
+        text = client.get(HEALTH).content.decode()
+    for leak in (clerk_api.secret_key, "verysecretkey", "127.0.0.1", str(closed_port), "Error", "Traceback", "500"):
+        assert leak not in text
+    details = json.loads(text)["details"]
+    for component, status_type in STATUS_TYPES.items():
+        assert details[component.value] in {s.value for s in status_type}
+
+
+def test_critical_components_decide_the_status(client: Client, peers: Any) -> None:
+    clerk, _ = peers
+    clerk.mode = "unauthorized"
+    assert client.get(HEALTH).status_code == 503
+    with override_settings(HEALTH_CRITICAL_COMPONENTS=("db", "util_service")):
+        response = client.get(HEALTH)
+    assert response.status_code == 200
+    assert body(response)["details"]["clerk"] == "DOWN"
+
+
+def test_sentry_never_decides_the_status_by_default(client: Client, peers: Any) -> None:
+    with override_settings(SENTRY_DSN="not-a-dsn"):
+        response = client.get(HEALTH)
+    assert body(response)["details"]["sentry"] == "FAILED"
+    assert response.status_code == 200
+
+
+def test_the_instance_id_is_the_configured_one_or_a_stable_host_id(client: Client) -> None:
+    derived = body(client.get(LIVE))["instance_id"]
+    assert uuid.UUID(derived).version == 5
+    assert body(client.get(HEALTH))["instance_id"] == derived
+    with override_settings(INSTANCE_ID="web-7f9c-abcde"):
+        assert body(client.get(HEALTH))["instance_id"] == "web-7f9c-abcde"
+
+
+def test_liveness_touches_no_dependency(client: Client, peers: Any) -> None:
+    clerk, util = peers
+    clerk.mode, util.mode = "server_error", "unhealthy"
+    response = client.get(LIVE, HTTP_ACCEPT="text/html")
+    assert response.status_code == 200
+    assert body(response) == {"instance_id": body(response)["instance_id"], "status": "OPERATIONAL"}
+    assert response["Cache-Control"] == "no-store"
+    assert (clerk.requests, util.requests) == (0, 0)
+
+
+def test_readiness_follows_the_report(client: Client, peers: Any) -> None:
+    _, util = peers
+    assert client.get(READY).status_code == 200
+    assert body(client.get(READY)) == body(client.get(HEALTH)) | {"instance_id": body(client.get(READY))["instance_id"]}
+    util.mode = "internal"
+    response = client.get(READY)
+    assert response.status_code == 503
+    assert body(response)["details"]["util_service"] == "FAILED"
+
+
+def test_draining_takes_readiness_down_and_keeps_liveness_up(client: Client, peers: Any, tmp_path: Path) -> None:
+    drain = tmp_path / "drain"
+    with override_settings(HEALTH_DRAIN_FILE=str(drain)):
+        assert client.get(READY).status_code == 200
+        drain.touch()
+        response = client.get(READY)
+        assert response.status_code == 503
+        assert body(response)["status"] == "DEGRADED"
+        assert client.get(LIVE).status_code == 200
+        assert client.get(HEALTH).status_code == 200  # the report itself is unchanged
+        drain.unlink()
+        assert client.get(READY).status_code == 200
+
+
+# --- never a 500 ------------------------------------------------------------------------------
+
+
+class ExplodingCheck:
+    component = Component.CLERK
+    timeout_status = error_status = STATUS_TYPES[Component.CLERK].DOWN
+
+    def run(self, timeout: float) -> Verdict:
+        raise KeyError("internal detail that must not leak")
+
+    def close(self) -> None:
+        pass
+
+
+def test_a_check_that_raises_gives_its_failure_state_and_a_logged_traceback(
+    client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    checks = [ExplodingCheck() if c.component == Component.CLERK else c for c in build_checks()]
+    service = HealthService(checks, instance_id="i", critical=frozenset({Component.CLERK}), ttl=0, max_staleness=0)
+    monkeypatch.setattr("core.views.get_health_service", lambda: service)
+    with caplog.at_level(logging.WARNING, logger="health"):
+        response = client.get(HEALTH)
+    service.close()
+    assert response.status_code == 503
+    assert body(response)["details"]["clerk"] == "DOWN"
+    assert "internal detail" not in response.content.decode()
+    [record] = [r for r in caplog.records if "unexpected KeyError" in r.getMessage()]
+    assert record.exc_info is not None
+
+
+def test_an_engine_failure_is_still_a_defined_503(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken() -> HealthService:
+        raise RuntimeError("engine bug")
+
+    monkeypatch.setattr("core.views.get_health_service", broken)
+    response = client.get(HEALTH)
+    assert response.status_code == 503
+    assert body(response)["details"] == {"sentry": "FAILED", "clerk": "DOWN", "db": "FATAL", "util_service": "FAILED"}
+    assert "engine bug" not in response.content.decode()
+
+
+# --- cached, single flight ---------------------------------------------------------------------
+
+
+def test_probes_within_the_ttl_cost_one_upstream_call_per_dependency(client: Client, peers: Any) -> None:
+    clerk, util = peers
+    with override_settings(HEALTH_CACHE_TTL=60.0, HEALTH_MAX_STALENESS=120.0):
+        statuses = {client.get(path).status_code for path in (HEALTH, READY) * 25}
+    assert statuses == {200}
+    assert (clerk.requests, util.requests) == (1, 1)
+
+
+def test_concurrent_probes_wait_for_one_run_instead_of_starting_their_own(client: Client, peers: Any) -> None:
+    clerk, util = peers
+    clerk.mode, clerk.delay = "slow", 0.3
+    with override_settings(HEALTH_CACHE_TTL=60.0, HEALTH_MAX_STALENESS=120.0, HEALTH_CHECK_TIMEOUT=2.0):
+        build = threading.Barrier(16)
+
+        def probe(_: int) -> int:
+            build.wait(5)
+            return Client().get(HEALTH).status_code
+
+        with ThreadPoolExecutor(16) as pool:
+            codes = list(pool.map(probe, range(16)))
+    assert codes == [200] * 16
+    assert clerk.requests == 1
+    assert util.requests == 1
+
+
+def test_a_stale_result_is_served_at_once_and_refreshed_in_the_background(client: Client, peers: Any) -> None:
+    clerk, _ = peers
+    with override_settings(HEALTH_CACHE_TTL=0.2, HEALTH_MAX_STALENESS=60.0, HEALTH_CHECK_TIMEOUT=2.0):
+        assert client.get(HEALTH).status_code == 200
+        clerk.mode, clerk.delay = "slow", 1.0
+        assert clerk.wait_for_requests(1, 1)
+        time.sleep(0.25)  # the TTL is a span of real time: let the result age past it
+        started = time.monotonic()
+        response = client.get(HEALTH)
+        assert time.monotonic() - started < 0.5  # did not wait for the 1 s refresh
+        assert response.status_code == 200
+        assert clerk.wait_for_requests(2, 3)  # the refresh did go out
+
+
+# --- one log line and one Sentry event per change -----------------------------------------------
+
+
+def test_a_change_of_state_is_logged_once_and_a_probe_that_changes_nothing_logs_nothing(
+    client: Client, peers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    _, util = peers
+    with caplog.at_level(logging.INFO, logger="health"):
+        client.get(HEALTH)
+        util.mode = "unhealthy"
+        for _ in range(5):
+            client.get(HEALTH)
+        util.mode = "healthy"
+        for _ in range(5):
+            client.get(HEALTH)
+    util_lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("util_service")]
+    assert util_lines == [
+        ("INFO", "util_service UNKNOWN -> OPERATIONAL"),
+        ("WARNING", "util_service OPERATIONAL -> FAILED (peer says 'unhealthy')"),
+        ("INFO", "util_service FAILED -> OPERATIONAL"),
+    ]
+
+
+def test_no_django_request_error_is_logged_for_a_503(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="django.request"):
+        for _ in range(3):
+            assert client.get(HEALTH).status_code == 503
+    assert [r for r in caplog.records if r.name == "django.request"] == []
+
+
+def test_the_default_service_is_built_from_settings() -> None:
+    service = build_service()
+    try:
+        assert service.components == tuple(Component)
+        assert service.critical == {Component.CLERK, Component.DB, Component.UTIL_SERVICE}
+        assert re.fullmatch(r"[0-9a-f-]{36}", service.instance_id)
+    finally:
+        service.close()
+
+
+def test_sentry_uninitialized_is_no_failure_in_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO, logger="health"):
+        client.get(HEALTH)
+    [line] = [r for r in caplog.records if r.getMessage().startswith("sentry")]
+    assert (line.levelname, line.getMessage()) == (
+        "INFO",
+        f"sentry UNKNOWN -> {SentryStatus.UNINITIALIZED} (SENTRY_DSN is not set)",
+    )
