@@ -277,8 +277,18 @@ def test_probes_within_the_ttl_cost_one_upstream_call_per_dependency(client: Cli
     clerk, util = peers
     with override_settings(HEALTH_CACHE_TTL=60.0, HEALTH_MAX_STALENESS=120.0):
         statuses = {client.get(path).status_code for path in (HEALTH, READY) * 25}
+        statuses |= {client.head(path).status_code for path in (HEALTH, READY) * 25}
     assert statuses == {200}
     assert (clerk.requests, util.requests) == (1, 1)
+
+
+def test_readiness_is_503_until_the_first_full_check_has_answered(client: Client, peers: Any) -> None:
+    clerk, _ = peers
+    clerk.mode, clerk.delay = "slow", 1.0
+    with override_settings(HEALTH_CACHE_TTL=60.0, HEALTH_MAX_STALENESS=120.0, HEALTH_CHECK_TIMEOUT=0.3):
+        first = client.get(READY)
+        assert first.status_code == 503
+        assert body(first)["details"]["clerk"] == "DOWN"
 
 
 def test_concurrent_probes_wait_for_one_run_instead_of_starting_their_own(client: Client, peers: Any) -> None:
