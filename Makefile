@@ -39,9 +39,12 @@ typecheck: install
 schema: install
 	DJANGO_SECRET_KEY=schema-only $(BIN)/python manage.py spectacular --validate --fail-on-warn --file openapi.yaml
 
+# The stubs are committed (runtime needs no protoc); regenerate after editing a .proto.
 proto: install
-	$(BIN)/python -m grpc_tools.protoc -I . --python_out=. --pyi_out=. --grpc_python_out=. \
-	  health/proto/util_health.proto
+	$(BIN)/python -m grpc_tools.protoc -I . \
+	  -I "$$($(BIN)/python -c 'import importlib.resources as r; print(r.files("grpc_tools") / "_proto")')" \
+	  --python_out=. --pyi_out=. --grpc_python_out=. \
+	  health/proto/util_health.proto core/proto/core_health.proto
 
 test: lint typecheck
 	$(BIN)/python -m pytest $(PYTEST_ARGS)

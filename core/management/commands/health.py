@@ -1,0 +1,259 @@
+"""``manage.py health``: the health report from the command line, for scripts and probes.
+
+Exit status: 0 when OPERATIONAL, 1 when DEGRADED (or the server could not be asked),
+2 on a usage or configuration error. Output is the contract's JSON on one line; a
+failure never prints exception text or hosts, only the JSON or one line on stderr
+naming the error class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from django.core import checks
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from health.conf import health_settings
+from health.status import Component, OverallStatus
+
+if TYPE_CHECKING:
+    from health.service import HealthService
+
+#: Exit statuses, as documented in ``--help``.
+EXIT_OPERATIONAL = 0
+EXIT_DEGRADED = 1
+EXIT_USAGE = 2
+
+#: How long ``--live`` waits for the server's answer (Docker's HEALTHCHECK allows 5 s).
+LIVE_TIMEOUT = 2.0
+#: The pause between two attempts under ``--wait``.
+RETRY_INTERVAL = 0.5
+#: More than a liveness body ever needs; a bigger answer is not one.
+MAX_LIVE_BODY = 64 * 1024
+
+KNOWN_COMPONENTS = tuple(c.value for c in Component)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One attempt: healthy or not, and what to print (JSON on stdout, or a line on stderr)."""
+
+    healthy: bool
+    body: dict[str, object] | None = None
+    problem: str | None = None
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A probe judges the URL it was given: a redirect is an unhealthy answer."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+# No proxies either: an HTTP(S)_PROXY in the container's environment must not carry a
+# probe of 127.0.0.1 elsewhere.
+_live_opener = urllib.request.build_opener(urllib.request.ProxyHandler({}), _NoRedirect())
+
+
+def ask_live_url(url: str, timeout: float) -> Outcome:
+    """GET ``url``: healthy on HTTP 200 with a JSON body whose ``status`` is OPERATIONAL."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json"})  # noqa: S310 (http/https only: see handle)
+    try:
+        with _live_opener.open(request, timeout=timeout) as response:
+            code, raw = response.status, response.read(MAX_LIVE_BODY)
+    except urllib.error.HTTPError as exc:
+        code, raw = exc.code, b""
+        exc.close()
+    except urllib.error.URLError as exc:
+        reason = exc.reason
+        name = type(reason).__name__ if isinstance(reason, BaseException) else type(exc).__name__
+        return Outcome(False, problem=f"the server could not be asked ({name})")
+    except (OSError, ValueError) as exc:  # timeouts while reading, a malformed URL, ...
+        return Outcome(False, problem=f"the server could not be asked ({type(exc).__name__})")
+    if code != 200:
+        return Outcome(False, problem=f"the server answered HTTP {code}")
+    try:
+        body = json.loads(raw)
+    except ValueError as exc:
+        return Outcome(False, problem=f"the server's answer is not JSON ({type(exc).__name__})")
+    if not isinstance(body, dict):
+        return Outcome(False, problem="the server's answer is not a JSON object")
+    return Outcome(body.get("status") == OverallStatus.OPERATIONAL.value, body=body)
+
+
+def one_shot_service() -> HealthService:
+    """The configured checks with no cache: a CLI run asks once (or once per retry)."""
+    # Imported here: the SDKs behind the checks take a while to load, and --live (the
+    # container's HEALTHCHECK, every 30 s) needs none of them.
+    from health.checks import build_checks
+    from health.service import HealthService
+
+    return HealthService(
+        checks=build_checks(health_settings),
+        instance_id=health_settings.instance_id,
+        critical=health_settings.critical_components,
+        timeout=health_settings.check_timeout,
+        ttl=0.0,
+        max_staleness=0.0,
+        drain_file=health_settings.drain_file,
+    )
+
+
+def parse_components(values: str | Sequence[str] | None) -> tuple[Component, ...] | None:
+    """``--component`` values (repeated or comma-separated), in the contract's order."""
+    if not values:
+        return None
+    if isinstance(values, str):  # call_command(..., component="db")
+        values = [values]
+    names = {name.strip() for value in values for name in value.split(",") if name.strip()}
+    unknown = sorted(names - set(KNOWN_COMPONENTS))
+    if unknown or not names:
+        raise CommandError(
+            f"unknown component {', '.join(map(repr, unknown)) or '(none given)'}; "
+            f"known components: {', '.join(KNOWN_COMPONENTS)}.",
+            returncode=EXIT_USAGE,
+        )
+    return tuple(c for c in Component if c.value in names)
+
+
+def non_negative_seconds(text: str) -> float:
+    """The type of ``--wait``: seconds, zero or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds (0 or more), got {text!r}")
+    return value
+
+
+@contextmanager
+def quiet_logger(name: str, *, quiet: bool) -> Iterator[None]:
+    """Silence a logger for the duration: its lines may carry tracebacks."""
+    logger = logging.getLogger(name)
+    previous = logger.disabled
+    logger.disabled = previous or quiet
+    try:
+        yield
+    finally:
+        logger.disabled = previous
+
+
+class Command(BaseCommand):
+    help = (
+        "Print this instance's health report as one line of JSON (the body of GET /api/v1/health/) "
+        "and exit 0 when OPERATIONAL, 1 when DEGRADED, 2 on a usage or configuration error. "
+        "The checks run in this process, uncached, with the server's settings; the drain file plays no part "
+        "(it is about readiness, not health). With --component, the "
+        "status covers only the named components (those among HEALTH_CRITICAL_COMPONENTS decide it) and "
+        '"details" lists only them: {"instance_id": ..., "status": ..., "details": {"clerk": ...}}. '
+        "With --live URL, no check runs here: the running server is asked over HTTP instead (exit 0 on "
+        "HTTP 200 with status OPERATIONAL, else 1); this is the container's HEALTHCHECK. "
+        "Configuration errors (the system checks) and usage errors always print on stderr."
+    )
+    # The system checks run in handle(), so that an error exits 2, not SystemCheckError's 1.
+    requires_system_checks: list[str] = []
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--component",
+            action="append",
+            metavar="NAME",
+            help=f"Check only this component (repeatable, or comma-separated): {', '.join(KNOWN_COMPONENTS)}.",
+        )
+        parser.add_argument(
+            "--wait",
+            type=non_negative_seconds,
+            default=0.0,
+            metavar="SECONDS",
+            help="Ask again every 0.5 s until OPERATIONAL or SECONDS have passed; the last answer decides.",
+        )
+        parser.add_argument(
+            "--live",
+            metavar="URL",
+            help="Ask a running server's liveness URL (http or https) instead of running the checks here.",
+        )
+        parser.add_argument("--quiet", action="store_true", help="Print nothing; only the exit status speaks.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        quiet: bool = options["quiet"]
+        wait = options["wait"]
+        if not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
+            raise CommandError("--wait needs a non-negative number of seconds.", returncode=EXIT_USAGE)
+        live: str | None = options["live"]
+        if live is not None:
+            if options["component"]:
+                raise CommandError("--component cannot be used with --live.", returncode=EXIT_USAGE)
+            parts = urlsplit(live)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise CommandError("--live needs an http:// or https:// URL.", returncode=EXIT_USAGE)
+            # No system checks: the question is about the server, not this process's settings.
+            outcome = self.retry(lambda: ask_live_url(live, LIVE_TIMEOUT), wait)
+        else:
+            components = parse_components(options["component"])
+            self.check_configuration(verbosity=options["verbosity"])
+            with quiet_logger("health", quiet=quiet or options["verbosity"] < 2):
+                outcome = self.report(components, wait)
+        if not quiet:
+            if outcome.body is not None:
+                self.stdout.write(json.dumps(outcome.body))
+            if outcome.problem is not None:
+                self.stderr.write(f"health: {outcome.problem}")
+        if not outcome.healthy:
+            raise SystemExit(EXIT_DEGRADED)
+
+    def check_configuration(self, *, verbosity: int) -> None:
+        """Run the system checks; any error is a configuration error (exit 2)."""
+        messages = checks.run_checks(include_deployment_checks=False)
+        errors = [m for m in messages if m.is_serious()]
+        if verbosity >= 2:
+            for warning in (m for m in messages if not m.is_serious() and not m.is_silenced()):
+                self.stderr.write(str(warning))
+        if errors:
+            lines = "\n".join(str(e) for e in errors)
+            raise CommandError(f"configuration error(s), see `manage.py check`:\n{lines}", returncode=EXIT_USAGE)
+
+    def report(self, components: tuple[Component, ...] | None, wait: float) -> Outcome:
+        """Run the checks in this process, with a service of its own, closed afterwards."""
+        try:
+            service = one_shot_service()
+        except Exception as exc:  # A bug must still give a defined answer.
+            return Outcome(False, problem=f"the health report could not be made ({type(exc).__name__})")
+        try:
+            return self.retry(lambda: self.ask_service(service, components), wait)
+        finally:
+            service.close()
+
+    @staticmethod
+    def ask_service(service: HealthService, components: tuple[Component, ...] | None) -> Outcome:
+        try:
+            report = service.check(components)
+        except Exception as exc:  # Likewise: a defined answer, never a traceback.
+            return Outcome(False, problem=f"the health report could not be made ({type(exc).__name__})")
+        return Outcome(report.status == OverallStatus.OPERATIONAL, body=report.as_dict())
+
+    @staticmethod
+    def retry(attempt: Callable[[], Outcome], wait: float) -> Outcome:
+        """Attempt until healthy or ``wait`` seconds have passed; at least once.
+
+        Each attempt is bounded on its own (the check timeout, or ``LIVE_TIMEOUT``), so
+        the whole run takes at most ``wait`` plus one attempt.
+        """
+        deadline = time.monotonic() + wait
+        while True:
+            outcome = attempt()
+            remaining = deadline - time.monotonic()
+            if outcome.healthy or remaining <= 0:
+                return outcome
+            time.sleep(min(RETRY_INTERVAL, remaining))
