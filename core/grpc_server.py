@@ -39,8 +39,8 @@ from grpc_reflection.v1alpha import reflection
 
 from core.proto import core_health_pb2, core_health_pb2_grpc
 from health.conf import health_settings
-from health.service import HealthReport, HealthService, get_health_service
-from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
+from health.service import HealthReport, HealthService, failure_body, get_health_service
+from health.status import OPERATIONAL, Component, OverallStatus, SentryStatus
 
 logger = logging.getLogger("health.grpc")
 
@@ -69,11 +69,7 @@ def report_body(service_provider: ServiceProvider = get_health_service) -> dict[
         return service_provider().check().as_dict()
     except Exception:  # A bug in the engine must still give a defined answer.
         logger.exception("The health report could not be made")
-        return {
-            "instance_id": health_settings.instance_id,
-            "status": OverallStatus.DEGRADED.value,
-            "details": {c.value: s.value for c, s in FAILURE_STATUS.items()},
-        }
+        return failure_body(health_settings.instance_id)
 
 
 def as_message(body: dict[str, object]) -> core_health_pb2.HealthCheckResponse:

@@ -17,8 +17,8 @@ from rest_framework.views import APIView
 
 from core.serializers import HealthCheckSerializer, LivenessSerializer
 from health.conf import health_settings
-from health.service import get_health_service
-from health.status import FAILURE_STATUS, OverallStatus
+from health.service import failure_body, get_health_service
+from health.status import OverallStatus
 
 logger = logging.getLogger("health")
 
@@ -71,12 +71,7 @@ class ProbeView(APIView):
             data = HealthCheckSerializer(body).data
         except Exception:  # A bug in the engine must still give a defined answer.
             logger.exception("The health report could not be made")
-            body = {
-                "instance_id": health_settings.instance_id,
-                "status": OverallStatus.DEGRADED.value,
-                "details": {c.value: s.value for c, s in FAILURE_STATUS.items()},
-            }
-            data, healthy = HealthCheckSerializer(body).data, False
+            data, healthy = HealthCheckSerializer(failure_body(health_settings.instance_id)).data, False
         return Response(data, status=200 if healthy else 503)
 
 

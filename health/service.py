@@ -17,8 +17,8 @@ from django.dispatch import receiver
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
-from health.runner import CheckResult, Clock, ComponentMonitor, PendingRun
-from health.status import OPERATIONAL, Component, OverallStatus, SentryStatus
+from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, PendingRun
+from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
 
 logger = logging.getLogger("health")
 
@@ -53,6 +53,7 @@ class HealthService:
     max_staleness: float = 30.0
     drain_file: Path | None = None
     clock: Clock = time.monotonic
+    on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
     _executor: futures.ThreadPoolExecutor = field(init=False, repr=False)
 
@@ -68,7 +69,7 @@ class HealthService:
                 timeout=self.timeout,
                 ttl=self.ttl,
                 max_staleness=self.max_staleness,
-                on_change=log_change,
+                on_change=self.on_change,
                 clock=self.clock,
             )
             for check in self.checks
@@ -116,37 +117,64 @@ class HealthService:
 
 
 def log_change(previous: CheckResult | None, result: CheckResult) -> None:
-    """One log line per change of state; a change to failure goes to Sentry once."""
+    """One log line per change of state: warning into a failure, info out of it."""
     before = previous.status if previous is not None else "UNKNOWN"
-    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
-    failing = result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
     because = f" ({result.reason})" if result.reason else ""
     message = f"{result.component} {before} -> {result.status}{because}"
-    exc_info = result.error if result.error is not None else None
-    if failing:
-        logger.warning(message, exc_info=exc_info)
-        if previous is None or previous.status != result.status:
-            with sentry_sdk.new_scope() as scope:
-                scope.set_tag("health.component", result.component.value)
-                scope.set_tag("health.status", result.status)
-                scope.fingerprint = ["health-change", result.component.value, result.status]
-                if result.error is not None:
-                    sentry_sdk.capture_exception(result.error)
-                else:
-                    sentry_sdk.capture_message(message, level="warning")
+    if is_failure(result):
+        logger.warning(message, exc_info=result.error)
     else:
         logger.info(message)
 
 
-def build_service(conf: HealthSettings = health_settings) -> HealthService:
+def report_change_to_sentry(previous: CheckResult | None, result: CheckResult) -> None:
+    """A change to a failure state is one Sentry event (a no-op while Sentry is off)."""
+    if not is_failure(result) or (previous is not None and previous.status == result.status):
+        return
+    with sentry_sdk.new_scope() as scope:
+        scope.set_tag("health.component", result.component.value)
+        scope.set_tag("health.status", result.status)
+        scope.fingerprint = ["health-change", result.component.value, result.status]
+        if result.error is not None:
+            sentry_sdk.capture_exception(result.error)
+        else:
+            before = previous.status if previous is not None else "UNKNOWN"
+            because = f" ({result.reason})" if result.reason else ""
+            sentry_sdk.capture_message(f"{result.component} {before} -> {result.status}{because}", level="warning")
+
+
+def log_and_report_change(previous: CheckResult | None, result: CheckResult) -> None:
+    log_change(previous, result)
+    report_change_to_sentry(previous, result)
+
+
+def is_failure(result: CheckResult) -> bool:
+    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
+    return result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
+
+
+def failure_body(instance_id: str) -> dict[str, object]:
+    """The contract's body when no report could be made at all: every component failed."""
+    return {
+        "instance_id": instance_id,
+        "status": OverallStatus.DEGRADED.value,
+        "details": {component.value: status.value for component, status in FAILURE_STATUS.items()},
+    }
+
+
+def build_service(
+    conf: HealthSettings = health_settings, *, cached: bool = True, on_change: ChangeListener | None = None
+) -> HealthService:
+    """The configured service; ``cached=False`` for one-shot callers such as the CLI."""
     return HealthService(
         checks=build_checks(conf),
         instance_id=conf.instance_id,
         critical=conf.critical_components,
         timeout=conf.check_timeout,
-        ttl=conf.cache_ttl,
-        max_staleness=conf.max_staleness,
+        ttl=conf.cache_ttl if cached else 0.0,
+        max_staleness=conf.max_staleness if cached else 0.0,
         drain_file=conf.drain_file,
+        on_change=on_change or log_and_report_change,
     )
 
 

@@ -24,7 +24,6 @@ from urllib.parse import urlsplit
 from django.core import checks
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from health.conf import health_settings
 from health.status import Component, OverallStatus
 
 if TYPE_CHECKING:
@@ -96,18 +95,11 @@ def one_shot_service() -> HealthService:
     """The configured checks with no cache: a CLI run asks once (or once per retry)."""
     # Imported here: the SDKs behind the checks take a while to load, and --live (the
     # container's HEALTHCHECK, every 30 s) needs none of them.
-    from health.checks import build_checks
-    from health.service import HealthService
+    # Logged, not sent to Sentry: every CLI run is a new process, so "once per change"
+    # would mean once per run.
+    from health.service import build_service, log_change
 
-    return HealthService(
-        checks=build_checks(health_settings),
-        instance_id=health_settings.instance_id,
-        critical=health_settings.critical_components,
-        timeout=health_settings.check_timeout,
-        ttl=0.0,
-        max_staleness=0.0,
-        drain_file=health_settings.drain_file,
-    )
+    return build_service(cached=False, on_change=log_change)
 
 
 def parse_components(values: str | Sequence[str] | None) -> tuple[Component, ...] | None:
