@@ -17,7 +17,7 @@ from django.dispatch import receiver
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
-from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, PendingRun
+from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, DaemonThreadExecutor, PendingRun
 from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
 
 logger = logging.getLogger("health")
@@ -55,17 +55,14 @@ class HealthService:
     clock: Clock = time.monotonic
     on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
-    _executor: futures.ThreadPoolExecutor = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # One thread per component is enough: a component never has two runs in flight.
-        self._executor = futures.ThreadPoolExecutor(
-            max_workers=max(1, len(self.checks)), thread_name_prefix="health-check"
-        )
+        # A component never has two runs in flight, so this is at most one thread each.
+        executor = DaemonThreadExecutor()
         self._monitors = {
             check.component: ComponentMonitor(
                 check,
-                self._executor,
+                executor,
                 timeout=self.timeout,
                 ttl=self.ttl,
                 max_staleness=self.max_staleness,
@@ -111,7 +108,7 @@ class HealthService:
             monitor.refresh()
 
     def close(self) -> None:
-        self._executor.shutdown(wait=False, cancel_futures=True)
+        """Release the checks' clients and channels (they are made again if asked)."""
         for check in self.checks:
             check.close()
 

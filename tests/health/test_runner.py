@@ -213,3 +213,89 @@ def test_only_changes_of_state_are_reported(harness: Harness) -> None:
         (ClerkStatus.OPERATIONAL, ClerkStatus.DOWN),
         (ClerkStatus.DOWN, ClerkStatus.OPERATIONAL),
     ]
+
+
+@pytest.mark.parametrize("exc", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_even_a_base_exception_from_a_check_is_its_error_state(harness: Harness, exc: BaseException) -> None:
+    harness.check.raises = exc
+    result = harness.finish(harness.monitor.poll())
+    assert result.status == ClerkStatus.DOWN
+    assert result.reason == f"unexpected {type(exc).__name__}"
+
+
+def test_a_result_is_never_served_stale_if_waiting_could_age_it_past_the_bound(harness: Harness) -> None:
+    harness.finish(harness.monitor.poll())
+    harness.check.gate.clear()
+    harness.clock.now += 29.4  # + the 0.5 s a request may then wait: still within 30 s
+    assert isinstance(harness.monitor.poll(), CheckResult)
+    harness.check.gate.set()
+    harness.finish(harness.monitor.in_flight)  # type: ignore[arg-type]
+    harness.check.gate.clear()
+    harness.clock.now += 29.6
+    assert isinstance(harness.monitor.poll(), PendingRun)
+
+
+def test_a_ttl_of_zero_means_live_nothing_is_served_from_before(executor: ThreadPoolExecutor) -> None:
+    check, clock = GatedCheck(), FakeClock()
+    check.gate.set()
+    monitor = ComponentMonitor(
+        check, executor, timeout=0.5, ttl=0, max_staleness=30, on_change=lambda *_: None, clock=clock
+    )
+    for status in (ClerkStatus.OPERATIONAL, ClerkStatus.DOWN):
+        check.status = status
+        clock.now += 0.001
+        pending = monitor.poll()
+        assert isinstance(pending, PendingRun)
+        pending.future.result(timeout=5)
+        assert monitor.collect(pending).status == status
+
+
+def test_a_slow_change_listener_never_blocks_other_probes(executor: ThreadPoolExecutor) -> None:
+    check, clock = GatedCheck(), FakeClock()
+    check.gate.set()
+    in_listener, release = threading.Event(), threading.Event()
+
+    def slow_listener(before: CheckResult | None, after: CheckResult) -> None:
+        in_listener.set()
+        assert release.wait(10)
+
+    monitor = ComponentMonitor(
+        check, executor, timeout=0.5, ttl=5, max_staleness=30, on_change=slow_listener, clock=clock
+    )
+    pending = monitor.poll()
+    assert isinstance(pending, PendingRun)
+    pending.future.result(timeout=5)
+    first = threading.Thread(target=monitor.collect, args=(pending,))
+    first.start()
+    assert in_listener.wait(5)
+    # While the first caller sits in the listener, another probe is served at once.
+    served = monitor.poll()
+    assert isinstance(served, CheckResult) and served.status == ClerkStatus.OPERATIONAL
+    release.set()
+    first.join(5)
+    assert not first.is_alive()
+
+
+def test_a_failing_change_listener_is_logged_and_the_probe_still_answers(
+    executor: ThreadPoolExecutor, caplog: pytest.LogCaptureFixture
+) -> None:
+    check, clock = GatedCheck(), FakeClock()
+    check.gate.set()
+
+    def broken(before: CheckResult | None, after: CheckResult) -> None:
+        raise RuntimeError("listener bug")
+
+    monitor = ComponentMonitor(check, executor, timeout=0.5, ttl=5, max_staleness=30, on_change=broken, clock=clock)
+    pending = monitor.poll()
+    assert isinstance(pending, PendingRun)
+    pending.future.result(timeout=5)
+    assert monitor.collect(pending).status == ClerkStatus.OPERATIONAL
+    assert any("change listener failed" in r.getMessage() for r in caplog.records)
+
+
+def test_runs_happen_on_daemon_threads_so_a_hung_check_never_blocks_exit() -> None:
+    from health.runner import DaemonThreadExecutor
+
+    seen: list[bool] = []
+    DaemonThreadExecutor().submit(lambda: seen.append(threading.current_thread().daemon)).result(timeout=5)
+    assert seen == [True]
