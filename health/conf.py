@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 from django.conf import settings
 
 from health.status import Component
@@ -47,6 +48,14 @@ def parse_grpc_target(value: str) -> GrpcTarget:
     elif not _HOSTNAME.match(host):
         raise ValueError("not a valid host name")
     return GrpcTarget(host, port)
+
+
+def _is_http_url(value: str) -> bool:
+    try:
+        url = httpx.URL(value)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return url.scheme in ("http", "https") and bool(url.host)
 
 
 def default_instance_id() -> str:
@@ -161,6 +170,6 @@ def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[s
         errors.append(("health.E006", "HEALTH_CACHE_TTL must be zero or more seconds."))
     if conf.max_staleness < conf.cache_ttl:
         errors.append(("health.E007", "HEALTH_MAX_STALENESS must be at least HEALTH_CACHE_TTL."))
-    if not conf.clerk_api_url.startswith(("https://", "http://")):
+    if not _is_http_url(conf.clerk_api_url):
         errors.append(("health.E008", "CLERK_API_URL must be an http(s) URL."))
     return errors

@@ -19,4 +19,11 @@ def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[Error 
                 id="health.W001",
             )
         )
+    if not health_settings.critical_components:
+        messages.append(
+            Warning(
+                "HEALTH_CRITICAL_COMPONENTS is empty: the status is always OPERATIONAL.",
+                id="health.W002",
+            )
+        )
     return messages

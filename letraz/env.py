@@ -74,11 +74,14 @@ class Env:
             raise ImproperlyConfigured(f"{name} must be a whole number, got {value!r}.") from None
 
     def items(self, name: str, default: tuple[str, ...] = ()) -> tuple[str, ...]:
-        """A comma-separated list; blanks around items are dropped, empty items too."""
-        value = self._environ.get(name)
-        if value is None:
-            return default
-        return tuple(item.strip() for item in value.split(",") if item.strip())
+        """A comma-separated list; blanks around items are dropped, empty items too.
+
+        Unset, blank or only commas is the default, as for every other type: a stray
+        empty value in a deploy must not quietly mean "none".
+        """
+        value = self.raw(name)
+        items = tuple(item.strip() for item in (value or "").split(",") if item.strip())
+        return items or default
 
 
 env = Env()

@@ -15,6 +15,7 @@ from typing import Any
 
 import sentry_sdk
 from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.scrubber import EventScrubber
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,10 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
         # Spans for every middleware and signal are what makes the Django integration
         # expensive; the request transaction alone is enough here.
         "integrations": [DjangoIntegration(middleware_spans=False, signals_spans=False, cache_spans=False)],
+        # Frames of vendor SDKs hold credentials (the Clerk key sits in a nested
+        # headers dict): no local variables in events, and scrub nested data too.
+        "include_local_variables": False,
+        "event_scrubber": EventScrubber(recursive=True),
     }
     if traces_sample_rate > 0:
         options["traces_sampler"] = traces_sampler_for(traces_sample_rate)

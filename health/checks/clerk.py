@@ -45,7 +45,7 @@ class ClerkCheck:
             raise CheckFailed(ClerkStatus.DOWN, "no response") from exc
         except httpx.TimeoutException as exc:
             raise CheckFailed(ClerkStatus.DOWN, f"timeout after {timeout:g} s") from exc
-        except httpx.HTTPError as exc:
+        except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise CheckFailed(ClerkStatus.DOWN, type(exc).__name__) from exc
         except (pydantic.ValidationError, ValueError) as exc:
             raise CheckFailed(ClerkStatus.DOWN, "unreadable answer") from exc

@@ -18,6 +18,9 @@ from health.status import Component, DatabaseStatus
 class DatabaseCheck:
     """``SELECT 1`` on its own connection, closed again before ``run()`` returns.
 
+    On PostgreSQL the connection's ``statement_timeout`` is the check's time limit, so
+    a query stuck behind a lock ends at that limit instead of holding the thread.
+
     The runner calls this from a worker thread, where Django's request cycle never
     closes connections: without the ``close()`` in ``finally`` every check would leak
     one. Only the query is timed against ``slow_ms``; connecting is our own cost.
@@ -35,8 +38,12 @@ class DatabaseCheck:
         connection = connections[self.alias]
         try:
             connection.ensure_connection()
-            started = time.perf_counter()
             with connection.cursor() as cursor:
+                if connection.vendor == "postgresql":
+                    # This connection is ours alone and closed below: a server that accepts
+                    # queries but cannot run them (locks, overload) ends them at our limit.
+                    cursor.execute("SELECT set_config('statement_timeout', %s, false)", [f"{int(timeout * 1000)}ms"])
+                started = time.perf_counter()
                 cursor.execute("SELECT 1")
                 row = cursor.fetchone()
             elapsed_ms = (time.perf_counter() - started) * 1000

@@ -96,6 +96,10 @@ def test_clerk_is_down_when_the_port_is_closed(closed_port: int) -> None:
     assert verdict_of(check) == (ClerkStatus.DOWN, "ConnectError")
 
 
+def test_clerk_is_down_with_a_malformed_api_url() -> None:
+    assert verdict_of(ClerkCheck(secret_key="sk", api_url="http://[::1/v1")) == (ClerkStatus.DOWN, "InvalidURL")
+
+
 def test_clerk_is_down_when_the_api_is_slow_and_the_check_is_bounded(
     clerk_check: ClerkCheck, clerk_api: FakeClerkAPI
 ) -> None:
@@ -291,6 +295,36 @@ def test_the_database_is_degraded_while_a_migration_is_unapplied() -> None:
     finally:
         recorder.record_applied("auth", "0012_alter_user_first_name_max_length")
     assert through_service(DatabaseCheck(slow_ms=250))[0] == DatabaseStatus.OPERATIONAL
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_a_query_stuck_behind_a_lock_ends_at_the_time_limit_and_frees_its_thread() -> None:
+    import psycopg
+
+    settings_dict = connections["default"].settings_dict
+    locker = psycopg.connect(
+        host=settings_dict["HOST"],
+        port=settings_dict["PORT"] or 5432,
+        user=settings_dict["USER"],
+        dbname=settings_dict["NAME"],
+        connect_timeout=5,
+    )
+    try:
+        locker.execute("LOCK TABLE django_migrations IN ACCESS EXCLUSIVE MODE")  # held until rollback
+        check = DatabaseCheck(slow_ms=250)
+        service = HealthService([check], instance_id="t", critical=frozenset(), timeout=0.4, ttl=0, max_staleness=0)
+        result = service.check().results[Component.DB]
+        assert result.status == DatabaseStatus.FATAL
+        run = service.monitors[Component.DB].in_flight
+        if run is not None:  # the deadline fired first; the server cancels the query right after
+            run.future.result(timeout=3)
+        started = time.monotonic()
+        assert through_service(check, timeout=0.4)[0] == DatabaseStatus.FATAL
+        assert time.monotonic() - started < 2
+    finally:
+        locker.rollback()
+        locker.close()
 
 
 def test_a_fresh_sqlite_database_is_degraded_until_migrated(tmp_path: Any, django_db_blocker: Any) -> None:

@@ -34,6 +34,8 @@ def test_the_default_configuration_passes_every_check() -> None:
         ({"HEALTH_CACHE_TTL": -1.0}, "health.E006", "HEALTH_CACHE_TTL"),
         ({"HEALTH_CACHE_TTL": 10.0, "HEALTH_MAX_STALENESS": 5.0}, "health.E007", "HEALTH_MAX_STALENESS"),
         ({"CLERK_API_URL": "api.clerk.com"}, "health.E008", "CLERK_API_URL"),
+        ({"CLERK_API_URL": "http://[::1/v1"}, "health.E008", "CLERK_API_URL"),
+        ({"CLERK_API_URL": "ftp://api.clerk.com/v1"}, "health.E008", "CLERK_API_URL"),
     ],
 )
 def test_each_malformed_setting_is_an_error(overrides: dict[str, object], check_id: str, fragment: str) -> None:
@@ -41,6 +43,12 @@ def test_each_malformed_setting_is_an_error(overrides: dict[str, object], check_
         errors = health_errors()
     assert check_id in errors
     assert fragment in errors[check_id]
+
+
+def test_no_critical_component_is_a_warning() -> None:
+    with override_settings(HEALTH_CRITICAL_COMPONENTS=()):
+        ids = {m.id for m in run_checks(tags=["health"])}
+    assert "health.W002" in ids
 
 
 def test_manage_py_check_reports_a_bad_util_host_and_fails() -> None:

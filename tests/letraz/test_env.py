@@ -42,8 +42,12 @@ def test_a_malformed_value_is_an_error_naming_the_variable(method: str, value: s
 
 def test_lists_drop_blanks_and_empty_items() -> None:
     assert Env({"L": " clerk, ,db ,"}).items("L") == ("clerk", "db")
-    assert Env({"L": ""}).items("L", ("x",)) == ()
     assert Env({}).items("L", ("x",)) == ("x",)
+
+
+@pytest.mark.parametrize("blank", ["", "  ", " , ,"])
+def test_a_blank_list_is_the_default_not_an_empty_list(blank: str) -> None:
+    assert Env({"L": blank}).items("L", ("clerk", "db")) == ("clerk", "db")
 
 
 def test_production_settings_refuse_to_load_without_a_secret_key() -> None:

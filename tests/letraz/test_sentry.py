@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -81,3 +82,26 @@ def test_a_change_to_a_failure_state_is_reported_once_not_per_probe(
     # Clerk and util were unconfigured from the start: their first state is one event each.
     others = [e["tags"]["health.component"] for e in sentry_on.events if "health.component" in e.get("tags", {})]
     assert sorted(others) == ["clerk", "util_service"]
+
+
+def test_credentials_in_vendor_frames_never_reach_sentry(sentry_on: SentryReceiver) -> None:
+    secret = f"sk_live_{uuid.uuid4().hex}"  # made at run time: not in any source line Sentry quotes
+
+    def vendor_call(request: dict[str, object]) -> None:
+        raise ConnectionError("vendor failure")
+
+    def check() -> None:
+        headers = {"Authorization": f"Bearer {secret}"}
+        vendor_call({"url": "https://api.clerk.com/v1/jwks", "headers": headers})
+
+    try:
+        check()
+    except ConnectionError as exc:
+        sentry_sdk.capture_exception(exc)
+    sentry_sdk.flush(timeout=5)
+    assert sentry_on.wait_for(lambda r: len(r.events) >= 1, timeout=5)
+    import json
+
+    sent = json.dumps(sentry_on.events)
+    assert "vendor failure" in sent  # the event did arrive, with its exception
+    assert secret not in sent
