@@ -362,7 +362,7 @@ def test_configuration_comes_from_the_configmap_and_secret() -> None:
         secret_refs = [s["secretRef"] for s in sources if "secretRef" in s]
         assert secret_refs == [{"name": SECRET}], container["name"]
         env = {e["name"]: e for e in container["env"]}
-        assert env["INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+        assert env["INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
 
 
 def test_every_environment_name_is_one_the_app_reads() -> None:
