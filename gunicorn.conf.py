@@ -47,6 +47,13 @@ def on_starting(server: Any) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Start the first round of checks so the first probe finds results waiting."""
+    import gc
+
     from health.service import get_health_service
 
     get_health_service().warm_up()
+    # The ~110,000 long-lived objects of Django, DRF, grpc and Sentry would be walked by
+    # every full collection: a 55-85 ms pause of all the worker's threads every few
+    # seconds under load (measured by bench/). Frozen, a collection walks only what
+    # requests leave behind.
+    gc.freeze()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 from collections.abc import Iterable
 from typing import Any
@@ -13,6 +15,7 @@ from rest_framework.permissions import AllowAny
 from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.serializers import Serializer
 from rest_framework.views import APIView
 
 from core.serializers import HealthCheckSerializer, LivenessSerializer
@@ -34,6 +37,20 @@ class JSONWhateverTheAccept(BaseContentNegotiation):
     ) -> tuple[BaseRenderer, str]:
         renderer = next(iter(renderers))
         return renderer, renderer.media_type
+
+
+@functools.lru_cache(maxsize=64)
+def _serialize(serializer: type[Serializer[Any]], frozen: str) -> dict[str, Any]:
+    return dict(serializer(json.loads(frozen)).data)
+
+
+def serialized(serializer: type[Serializer[Any]], body: dict[str, object]) -> dict[str, Any]:
+    """``serializer(body).data``, made once per distinct body.
+
+    A serializer instance deep-copies its fields (four nested choice fields here), which
+    cost more than the whole cached report; the bodies repeat until a state changes.
+    """
+    return _serialize(serializer, json.dumps(body, sort_keys=True))
 
 
 def _strip_body(response: Any) -> None:
@@ -68,10 +85,10 @@ class ProbeView(APIView):
             healthy = report.status == OverallStatus.OPERATIONAL
             if readiness and report.draining:
                 body["status"], healthy = OverallStatus.DEGRADED.value, False
-            data = HealthCheckSerializer(body).data
+            data = serialized(HealthCheckSerializer, body)
         except Exception:  # A bug in the engine must still give a defined answer.
             logger.exception("The health report could not be made")
-            data, healthy = HealthCheckSerializer(failure_body(health_settings.instance_id)).data, False
+            data, healthy = serialized(HealthCheckSerializer, failure_body(health_settings.instance_id)), False
         return Response(data, status=200 if healthy else 503)
 
 
@@ -124,4 +141,4 @@ class LivenessView(ProbeView):
             "instance_id": health_settings.instance_id,
             "status": OverallStatus.OPERATIONAL.value,
         }
-        return Response(LivenessSerializer(body).data)
+        return Response(serialized(LivenessSerializer, body))

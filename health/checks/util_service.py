@@ -61,6 +61,11 @@ class UtilServiceCheck:
                 status, healthy = reply.status, reply.status == "healthy"
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
+            if code == grpc.StatusCode.UNAVAILABLE:
+                # A channel that failed to connect fails every RPC at once until its
+                # reconnect backoff ends: a refresh landing there would keep
+                # DISCONNECTED cached for another TTL although the peer is back.
+                self._drop_channel(channel)
             state = UtilServiceStatus.DISCONNECTED if code in UNREACHABLE else UtilServiceStatus.FAILED
             raise CheckFailed(state, f"RPC {code.name}") from exc
         if not healthy:
@@ -76,6 +81,13 @@ class UtilServiceCheck:
                 else:
                     self._channel = grpc.insecure_channel(target.address, options=CHANNEL_OPTIONS)
             return self._channel
+
+    def _drop_channel(self, channel: grpc.Channel) -> None:
+        with self._lock:
+            if self._channel is not channel:
+                return
+            self._channel = None
+        channel.close()
 
     def close(self) -> None:
         with self._lock:

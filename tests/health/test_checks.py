@@ -204,19 +204,18 @@ def test_util_service_with_tls_does_not_talk_to_a_plaintext_peer(util_service: F
         check.close()
 
 
-def test_util_service_recovers_within_a_second_or_two_after_the_peer_restarts(util_service: FakeUtilService) -> None:
+def test_util_service_is_operational_on_the_first_check_after_the_peer_restarts(
+    util_service: FakeUtilService,
+) -> None:
     check = util_check(util_service.target)
     try:
         assert verdict_of(check)[0] == UtilServiceStatus.OPERATIONAL
         util_service.stop()
         assert verdict_of(check)[0] == UtilServiceStatus.DISCONNECTED
         util_service.start()
-        back_at = time.monotonic()
-        deadline = back_at + 5
-        while verdict_of(check)[0] != UtilServiceStatus.OPERATIONAL:
-            assert time.monotonic() < deadline, "the channel never reconnected"
-        # The reconnect backoff is capped at 1 s (the default would be up to 120 s).
-        assert time.monotonic() - back_at < 2.5
+        # The failed channel was dropped: no reconnect backoff to sit out (up to 1 s
+        # with our cap, 120 s with gRPC's default), so the TTL alone decides recovery.
+        assert verdict_of(check) == (UtilServiceStatus.OPERATIONAL, "")
     finally:
         check.close()
 
