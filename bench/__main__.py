@@ -269,6 +269,9 @@ def phase_a(
             raise RuntimeError(f"{HEALTH} never said OPERATIONAL with healthy peers:\n{server.log_tail()}")
         measured = compare(server, [HEALTH, LIVE], args, wrk)
         health, live = measured[HEALTH], measured[LIVE]
+        # What one request costs, below saturation: the same few connections as the
+        # hanging run of server B, so the two latencies compare.
+        light = measure(server, HEALTH, args, wrk, seconds=args.duration, connections=args.hang_connections)
         window = time.monotonic() - window_start
         calls = {"clerk": clerk.requests, "util_service": util.requests, "db": db.settled_count() - db_before}
         log(f"upstream calls so far: {calls}")
@@ -280,6 +283,7 @@ def phase_a(
     return {
         "health": health,
         "live": live,
+        "health_light": light,
         "django_health_check": dhc,
         "django_health_check_db_sessions": dhc_sessions,
         "upstream": {
@@ -441,11 +445,14 @@ def report(
         load_row(HEALTH, a["health"]),
         load_row(LIVE, a["live"]),
         load_row(DJANGO_HEALTH_CHECK, a["django_health_check"]),
+        load_row(f"{HEALTH} ({args.hang_connections} conns)", a["health_light"]),
         load_row(f"{HEALTH} (deps hang)", b["hanging"]),
         load_row(f"{LIVE} (deps hang)", b["hanging_live"]),
         "  (CPU ms: the server's CPU per request; PG ms: PostgreSQL's; others: cores used meanwhile by"
         f" processes\n   outside the bench; p50/p99/max of health and live: the worst of their {args.rounds} slices)",
-        *busy_warning([a["health"], a["live"], a["django_health_check"], b["hanging"], b["hanging_live"]]),
+        *busy_warning(
+            [a["health"], a["live"], a["django_health_check"], a["health_light"], b["hanging"], b["hanging_live"]]
+        ),
         "",
         f"  upstream calls from server start until the end of the {HEALTH} and {LIVE} runs:",
         f"  window {up['window_s']:.1f} s, bound = {args.workers} workers x (window / TTL {args.ttl:g} s + 1)"
