@@ -100,7 +100,7 @@ def soak_server(
             GUNICORN_THREADS="4",
             HEALTH_CHECK_TIMEOUT="0.2",
             HEALTH_CACHE_TTL="0.05",
-            HEALTH_MAX_STALENESS="0.2",
+            HEALTH_MAX_STALENESS="1.0",
             **peer_env(clerk_api, util_service),
         )
         with running_gunicorn(env, tmp_path / "soak.log") as (server, port):
@@ -157,9 +157,9 @@ def test_ten_thousand_probes_leak_no_threads_files_or_connections(
         # Four checks, at most one run in flight each: four executor threads at most.
         assert s.threads <= baseline.threads + 4, samples
         assert s.fds <= baseline.fds + 16, samples
-        # The db check closes its connection after every run; the cache means one
-        # run at a time per process.
-        assert s.db_connections <= 1, samples
+        # The db check closes its connection after every run, one run at a time per
+        # process: one connection, plus at most one backend still exiting after a close.
+        assert s.db_connections <= 2, samples
 
 
 def _maybe_worker(master: int) -> int | None:
