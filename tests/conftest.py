@@ -6,8 +6,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from django.test import override_settings
 
 from health.service import reset_health_service
+from tests.peers.clerk import FakeClerkAPI
+from tests.peers.util_service import FakeUtilService
 
 pytest_plugins = ["tests.peers.fixtures"]
 
@@ -34,3 +37,15 @@ def fresh_health_service() -> Iterator[None]:
     reset_health_service()
     yield
     reset_health_service()
+
+
+@pytest.fixture
+def peers(clerk_api: FakeClerkAPI, util_service: FakeUtilService) -> Iterator[tuple[FakeClerkAPI, FakeUtilService]]:
+    """Clerk and the util service both up, and the settings pointing at them."""
+    with override_settings(
+        CLERK_SECRET_KEY=clerk_api.secret_key,
+        CLERK_API_URL=clerk_api.url,
+        UTIL_GRPC_HOST=util_service.target,
+        UTIL_GRPC_TLS=False,
+    ):
+        yield clerk_api, util_service

@@ -8,7 +8,6 @@ import re
 import threading
 import time
 import uuid
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -22,22 +21,9 @@ from health.service import HealthService, build_service
 from health.status import STATUS_TYPES, Component, SentryStatus
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.tcp import BlackholeListener
-from tests.peers.util_service import FakeUtilService
 
 HEALTH, LIVE, READY = "/api/v1/health/", "/api/v1/health/live/", "/api/v1/health/ready/"
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def peers(clerk_api: FakeClerkAPI, util_service: FakeUtilService) -> Iterator[tuple[FakeClerkAPI, FakeUtilService]]:
-    """Clerk and the util service both up, and the settings pointing at them."""
-    with override_settings(
-        CLERK_SECRET_KEY=clerk_api.secret_key,
-        CLERK_API_URL=clerk_api.url,
-        UTIL_GRPC_HOST=util_service.target,
-        UTIL_GRPC_TLS=False,
-    ):
-        yield clerk_api, util_service
 
 
 def body(response: Any) -> dict[str, Any]:

@@ -32,17 +32,6 @@ COMPONENTS = ("sentry", "clerk", "db", "util_service")
 # -- in process (call_command, tests.settings) -------------------------------------------
 
 
-@pytest.fixture
-def peers(clerk_api: FakeClerkAPI, util_service: FakeUtilService) -> Iterator[tuple[FakeClerkAPI, FakeUtilService]]:
-    with override_settings(
-        CLERK_SECRET_KEY=clerk_api.secret_key,
-        CLERK_API_URL=clerk_api.url,
-        UTIL_GRPC_HOST=util_service.target,
-        UTIL_GRPC_TLS=False,
-    ):
-        yield clerk_api, util_service
-
-
 def run(command: str, *args: str) -> tuple[int, str, str]:
     """``call_command`` as the shell would see it: exit status, stdout, stderr."""
     out, err = StringIO(), StringIO()
