@@ -40,6 +40,8 @@ def on_starting(server: Any) -> None:
     django.setup()
     try:
         call_command("check", "--fail-level", "ERROR")
+        # The project's deploy checks only (Django's HTTPS ones depend on the proxy).
+        call_command("check", "--deploy", "--tag", "letraz", "--fail-level", "ERROR")
     except SystemCheckError as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
         raise SystemExit(2) from None

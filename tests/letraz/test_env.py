@@ -50,14 +50,34 @@ def test_a_blank_list_is_the_default_not_an_empty_list(blank: str) -> None:
     assert Env({"L": blank}).items("L", ("clerk", "db")) == ("clerk", "db")
 
 
-def test_production_settings_refuse_to_load_without_a_secret_key() -> None:
-    env = {"PATH": "/usr/bin:/bin", "DJANGO_SETTINGS_MODULE": "letraz.settings"}
-    result = subprocess.run(
-        [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=60, check=False
+def test_the_deploy_check_requires_a_secret_key_outside_debug() -> None:
+    env = {"PATH": "/usr/bin:/bin"}
+    command = [sys.executable, "manage.py", "check", "--deploy", "--tag", "letraz"]
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 1
+    assert "letraz.E001" in result.stderr
+    assert "DJANGO_SECRET_KEY must be set in production" in result.stderr
+    with_key = subprocess.run(
+        command, env=env | {"DJANGO_SECRET_KEY": "k"}, capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 2
-    assert result.stderr.startswith("Configuration error: DJANGO_SECRET_KEY must be set")
-    assert "Traceback" not in result.stderr
+    assert with_key.returncode == 0, with_key.stderr
+    development = subprocess.run(
+        command, env=env | {"DJANGO_DEBUG": "true"}, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert development.returncode == 0, development.stderr
+
+
+def test_the_schema_can_be_generated_on_a_fresh_clone_without_any_variable() -> None:
+    result = subprocess.run(
+        [sys.executable, "manage.py", "spectacular", "--validate", "--fail-on-warn"],
+        env={"PATH": "/usr/bin:/bin"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "operationId: health_retrieve" in result.stdout
 
 
 def test_a_malformed_number_stops_the_process_at_start() -> None:

@@ -141,6 +141,13 @@ def test_a_malformed_util_grpc_host_stops_gunicorn_at_start(web_env: dict[str, s
         assert "health.E003" in server.output
 
 
+def test_gunicorn_refuses_to_start_in_production_without_a_secret_key(web_env: dict[str, str], tmp_path: Path) -> None:
+    env = {k: v for k, v in web_env.items() if k != "DJANGO_SECRET_KEY"}
+    with running(gunicorn_args(free_port()), env, tmp_path / "nokey.log") as server:
+        assert server.wait(timeout=START_TIMEOUT) == 2
+        assert "letraz.E001" in server.output
+
+
 def test_a_silent_database_gives_503_with_db_fatal_within_the_time_limit(
     web_env: dict[str, str], blackhole: BlackholeListener, tmp_path: Path
 ) -> None:
