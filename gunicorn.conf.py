@@ -29,20 +29,24 @@ errorlog = "-"
 logger_class = "letraz.gunicorn_logging.ProbeQuietLogger"
 # Probes' access lines are off unless GUNICORN_LOG_HEALTH_PROBES=true (see the logger).
 proc_name = "letraz-web"
+# gunicorn's control socket (under $HOME) is not used here; off, so that servers
+# sharing a home, or a read-only one, do not contend for it.
+control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
     """Refuse to start on a misconfiguration, with the system checks' clear messages."""
     import django
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
 
-    django.setup()
     try:
+        django.setup()
         call_command("check", "--fail-level", "ERROR")
         # The project's deploy checks only (Django's HTTPS ones depend on the proxy).
         call_command("check", "--deploy", "--tag", "letraz", "--fail-level", "ERROR")
-    except SystemCheckError as exc:
+    except (SystemCheckError, ImproperlyConfigured) as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
         raise SystemExit(2) from None
 

@@ -62,6 +62,8 @@ def _strip_body(response: Any) -> None:
 class ProbeView(APIView):
     """Public, JSON-only, never cached by anyone in between."""
 
+    # Probes read; OPTIONS would answer 200 with DRF's metadata, so it is a 405 too.
+    http_method_names = ["get", "head"]
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
     throttle_classes: list[Any] = []

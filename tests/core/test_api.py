@@ -66,12 +66,22 @@ def test_the_answer_is_json_whatever_the_accept_header(client: Client, peers: An
     assert body(response)["status"] == "OPERATIONAL"
 
 
-@pytest.mark.parametrize("method", ["post", "put", "patch", "delete"])
-def test_other_methods_get_405_with_a_json_body(client: Client, method: str) -> None:
-    response = getattr(client, method)(HEALTH)
+@pytest.mark.parametrize("path", [HEALTH, LIVE, READY])
+@pytest.mark.parametrize("method", ["post", "put", "patch", "delete", "options"])
+def test_other_methods_get_405_with_a_json_body(client: Client, method: str, path: str) -> None:
+    response = getattr(client, method)(path)
     assert response.status_code == 405
     assert body(response) == {"detail": f'Method "{method.upper()}" not allowed.'}
-    assert "GET" in response["Allow"]
+    assert response["Allow"] == "GET, HEAD"
+
+
+@pytest.mark.parametrize("path", [HEALTH, LIVE, READY])
+def test_each_probe_answers_without_the_trailing_slash_too_never_a_redirect(
+    client: Client, peers: Any, path: str
+) -> None:
+    with_slash, without = client.get(path), client.get(path.rstrip("/"))
+    assert without.status_code == with_slash.status_code == 200
+    assert body(without).keys() == body(with_slash).keys()
 
 
 def test_unknown_query_parameters_are_ignored(client: Client, peers: Any) -> None:
@@ -326,7 +336,8 @@ def test_a_change_of_state_is_logged_once_and_a_probe_that_changes_nothing_logs_
     client: Client, peers: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     _, util = peers
-    with caplog.at_level(logging.INFO, logger="health"):
+    # A generous limit: one check missing it on a loaded machine would add a state.
+    with caplog.at_level(logging.INFO, logger="health"), override_settings(HEALTH_CHECK_TIMEOUT=3.0):
         client.get(HEALTH)
         util.mode = "unhealthy"
         for _ in range(5):

@@ -64,7 +64,9 @@ def test_a_change_to_a_failure_state_is_reported_once_not_per_probe(
     def changes() -> list[dict[str, Any]]:
         return [e for e in sentry_on.events if e.get("tags", {}).get("health.component") == "util_service"]
 
-    with override_settings(UTIL_GRPC_HOST=util_service.target, UTIL_GRPC_TLS=False, SENTRY_DSN=sentry_on.dsn):
+    with override_settings(
+        UTIL_GRPC_HOST=util_service.target, UTIL_GRPC_TLS=False, SENTRY_DSN=sentry_on.dsn, HEALTH_CHECK_TIMEOUT=3.0
+    ):
         for _ in range(3):
             assert client.get("/api/v1/health/").json()["details"]["util_service"] == "OPERATIONAL"
         util_service.mode = "unhealthy"

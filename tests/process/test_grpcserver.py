@@ -55,6 +55,8 @@ def grpc_env(
         HEALTH_CACHE_TTL="0.2",
         HEALTH_MAX_STALENESS="1",
         HEALTH_CHECK_TIMEOUT="0.9",
+        # A loaded CI machine must not make SELECT 1 "slow" and flap readiness.
+        HEALTH_DB_SLOW_MS="5000",
         INSTANCE_ID="grpc-test-instance",
         **peer_env(clerk_api, util_service),
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -144,13 +145,39 @@ def test_ten_thousand_probes_leak_no_threads_files_or_connections(
     total = 400
     for name, arrange, expected in phases:
         arrange()
-        tally = probe_many(port, PROBES_PER_PHASE)
+        # Sampled while the load runs too, so a leak released when it stops still shows.
+        done = threading.Event()
+        during: list[Sample] = []
+
+        def sample_meanwhile(phase: str = name, stop: threading.Event = done, into: list[Sample] = during) -> None:
+            while not stop.wait(0.05):
+                into.append(sample(f"{phase} (under load)"))
+
+        sampler = threading.Thread(target=sample_meanwhile)
+        sampler.start()
+        try:
+            tally = probe_many(port, PROBES_PER_PHASE)
+        finally:
+            done.set()
+            sampler.join(10)
         total += sum(tally.values())
         assert tally.get(expected, 0) > PROBES_PER_PHASE // 2, (name, tally)
         assert set(tally) <= {200, 503}, (name, tally)  # never a 500
+        assert during, "no sample was taken under load"
+        samples.append(max(during, key=lambda s: (s.threads, s.fds, s.db_connections)))
+        samples.extend(during)
         samples.append(sample(name))
     assert total >= 10_000
-    print("\n".join(map(str, samples)))  # shown with -s: the numbers behind the bounds
+    print("\n".join(str(s) for s in samples if "under load" not in s.phase))  # -s: the numbers behind the bounds
+    print(
+        "peak under load:",
+        max(s.threads for s in samples),
+        "threads,",
+        max(s.fds for s in samples),
+        "fds,",
+        max(s.db_connections for s in samples),
+        "db connections",
+    )
     assert server.running()
     assert worker_pid(server.popen.pid) == worker, "the worker was replaced: it hung or died"
     for s in samples:
