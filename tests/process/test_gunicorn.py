@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -136,6 +137,41 @@ def test_the_access_log_leaves_probes_out_but_not_other_requests(web: tuple[Serv
     access_lines = [line for line in server.output.splitlines() if '"GET /' in line or '"HEAD /' in line]
     assert any("/api/v1/schema/" in line for line in access_lines)
     assert not [line for line in access_lines if "/api/v1/health/" in line]
+
+
+def test_probe_access_lines_can_be_switched_back_on(web_env: dict[str, str], tmp_path: Path) -> None:
+    env = web_env | {"GUNICORN_LOG_HEALTH_PROBES": "true", "WEB_CONCURRENCY": "1"}
+    with running_gunicorn(env, tmp_path / "verbose.log") as (server, port):
+        http_request(port, LIVE)
+        server.wait_for_line(r'"GET /api/v1/health/live/ HTTP/1\.1" 200', timeout=10)
+
+
+def test_upstream_calls_stay_one_per_ttl_per_worker_under_threaded_load(
+    web_env: dict[str, str], tmp_path: Path, clerk_api: FakeClerkAPI, util_service: FakeUtilService
+) -> None:
+    workers, ttl = 2, 1.0
+    env = web_env | {"WEB_CONCURRENCY": str(workers), "GUNICORN_THREADS": "8", "HEALTH_CACHE_TTL": str(ttl)}
+    clerk_api.reset_count()
+    util_service.reset_count()
+    started = time.monotonic()
+    with running_gunicorn(env, tmp_path / "load.log") as (_, port):
+        deadline = time.monotonic() + 3.0
+
+        def hammer(_: int) -> int:
+            sent = 0
+            while time.monotonic() < deadline:
+                http_request(port, HEALTH if sent % 2 else READY)
+                sent += 1
+            return sent
+
+        with ThreadPoolExecutor(8) as pool:
+            requests = sum(pool.map(hammer, range(8)))
+        window = time.monotonic() - started
+    bound = workers * (window / ttl + 1)
+    assert requests > 100  # enough probes that per-request checks would blow the bound
+    assert clerk_api.requests <= bound, (clerk_api.requests, bound, requests)
+    assert util_service.requests <= bound, (util_service.requests, bound, requests)
+    assert clerk_api.requests >= workers  # every worker did ask, at start
 
 
 def test_a_malformed_util_grpc_host_stops_gunicorn_at_start(web_env: dict[str, str], tmp_path: Path) -> None:
