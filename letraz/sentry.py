@@ -75,7 +75,8 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
         sentry_sdk.init(**options)
     except Exception as exc:  # BadDsn is a ValueError; any failure must not stop start-up.
         setup = SentrySetup(attempted=True, error=type(exc).__name__)
-        logger.warning("Sentry could not be initialised (%s); running without it.", type(exc).__name__)
+        # The traceback stays in the logs (a DSN is never in it: BadDsn names no value).
+        logger.warning("Sentry could not be initialised (%s); running without it.", type(exc).__name__, exc_info=True)
     else:
         setup = SentrySetup(attempted=True)
     return setup

@@ -20,6 +20,26 @@ ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "pos
 def pytest_configure(config: pytest.Config) -> None:
     if os.environ.get("REQUIRE_POSTGRES") and not ON_POSTGRES:
         raise pytest.UsageError("REQUIRE_POSTGRES is set but DATABASE_URL does not point at PostgreSQL.")
+    _install_sentry_integrations_once()
+
+
+def _install_sentry_integrations_once() -> None:
+    """Set Sentry's integrations up now, before any test starts threads.
+
+    In production ``settings.py`` initialises Sentry at process start, before any
+    thread exists. Here the first initialisation with a DSN would otherwise happen in
+    the middle of the run, with peers' and checks' threads alive; once (in one CI run
+    of many) it raised inside the SDK. Integrations are set up once per process, so
+    doing it here keeps the tests' later ``init_sentry`` calls as quiet as production's.
+    """
+    import sentry_sdk
+
+    from letraz.sentry import init_sentry
+
+    outcome = init_sentry("http://public@127.0.0.1:9/1")  # never sent: nothing is captured
+    assert outcome.error is None, outcome
+    sentry_sdk.init()
+    init_sentry("")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
