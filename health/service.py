@@ -113,11 +113,16 @@ class HealthService:
             check.close()
 
 
-def log_change(previous: CheckResult | None, result: CheckResult) -> None:
-    """One log line per change of state: warning into a failure, info out of it."""
+def describe_change(previous: CheckResult | None, result: CheckResult) -> str:
+    """``clerk OPERATIONAL -> DOWN (HTTP 401)``: component, states, the reason for logs."""
     before = previous.status if previous is not None else "UNKNOWN"
     because = f" ({result.reason})" if result.reason else ""
-    message = f"{result.component} {before} -> {result.status}{because}"
+    return f"{result.component} {before} -> {result.status}{because}"
+
+
+def log_change(previous: CheckResult | None, result: CheckResult) -> None:
+    """One log line per change of state: warning into a failure, info out of it."""
+    message = describe_change(previous, result)
     if is_failure(result):
         logger.warning(message, exc_info=result.error)
     else:
@@ -135,9 +140,7 @@ def report_change_to_sentry(previous: CheckResult | None, result: CheckResult) -
         if result.error is not None:
             sentry_sdk.capture_exception(result.error)
         else:
-            before = previous.status if previous is not None else "UNKNOWN"
-            because = f" ({result.reason})" if result.reason else ""
-            sentry_sdk.capture_message(f"{result.component} {before} -> {result.status}{because}", level="warning")
+            sentry_sdk.capture_message(describe_change(previous, result), level="warning")
 
 
 def log_and_report_change(previous: CheckResult | None, result: CheckResult) -> None:
