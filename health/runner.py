@@ -127,10 +127,6 @@ class ComponentMonitor:
         return self.check.component
 
     @property
-    def last_result(self) -> CheckResult | None:
-        return self._result
-
-    @property
     def in_flight(self) -> PendingRun | None:
         """The run in progress, if any (settled on the next poll)."""
         return self._run
