@@ -87,6 +87,11 @@ class HealthSettings:
         return float(getattr(settings, "HEALTH_MAX_STALENESS", 30.0))
 
     @property
+    def event_interval(self) -> float:
+        """Seconds between two Sentry events about one component (a flapping one)."""
+        return float(getattr(settings, "HEALTH_EVENT_INTERVAL", 600.0))
+
+    @property
     def critical_component_names(self) -> tuple[str, ...]:
         default = (Component.CLERK, Component.DB, Component.UTIL_SERVICE)
         return tuple(getattr(settings, "HEALTH_CRITICAL_COMPONENTS", default))
@@ -172,4 +177,6 @@ def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[s
         errors.append(("health.E007", "HEALTH_MAX_STALENESS must be at least HEALTH_CACHE_TTL."))
     if not _is_http_url(conf.clerk_api_url):
         errors.append(("health.E008", "CLERK_API_URL must be an http(s) URL."))
+    if conf.event_interval < 0:
+        errors.append(("health.E009", "HEALTH_EVENT_INTERVAL must be zero or more seconds."))
     return errors

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import threading
 import time
@@ -11,16 +10,23 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sentry_sdk
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
-from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, DaemonThreadExecutor, PendingRun
-from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
-
-logger = logging.getLogger("health")
+from health.listeners import LogListener, SentryListener
+from health.runner import (
+    CheckResult,
+    Clock,
+    ComponentMonitor,
+    ComponentSnapshot,
+    DaemonThreadExecutor,
+    HealthListener,
+    Notifier,
+    PendingRun,
+)
+from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus
 
 
 @dataclass(frozen=True)
@@ -43,7 +49,11 @@ class HealthReport:
 
 @dataclass
 class HealthService:
-    """Asks every check concurrently, each cached and bounded by the same time limit."""
+    """Asks every check concurrently, each cached and bounded by the same time limit.
+
+    ``listeners`` hear of every observation and change on one notifier thread, never on
+    the caller's (see ``health/runner.py``).
+    """
 
     checks: Sequence[HealthCheck]
     instance_id: str
@@ -53,12 +63,14 @@ class HealthService:
     max_staleness: float = 30.0
     drain_file: Path | None = None
     clock: Clock = time.monotonic
-    on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
+    listeners: Sequence[HealthListener] = ()
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
+    _notifier: Notifier = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
-        # A component never has two runs in flight, so this is at most one thread each.
+        # At most two runs per component at any time (the current and one abandoned).
         executor = DaemonThreadExecutor()
+        self._notifier = Notifier(self.listeners)
         self._monitors = {
             check.component: ComponentMonitor(
                 check,
@@ -66,7 +78,7 @@ class HealthService:
                 timeout=self.timeout,
                 ttl=self.ttl,
                 max_staleness=self.max_staleness,
-                on_change=self.on_change,
+                notifier=self._notifier,
                 clock=self.clock,
             )
             for check in self.checks
@@ -97,6 +109,10 @@ class HealthService:
             draining=self.draining,
         )
 
+    def snapshot(self) -> dict[Component, ComponentSnapshot]:
+        """What is known of each component now, without asking any dependency."""
+        return {component: monitor.snapshot() for component, monitor in self._monitors.items()}
+
     @property
     def draining(self) -> bool:
         """True while the drain file exists: readiness says no, liveness still yes."""
@@ -107,50 +123,15 @@ class HealthService:
         for monitor in self._monitors.values():
             monitor.refresh()
 
+    def flush_notifications(self, timeout: float) -> bool:
+        """Wait until the listeners heard everything so far (a one-shot CLI before exit)."""
+        return self._notifier.flush(timeout)
+
     def close(self) -> None:
         """Release the checks' clients and channels (they are made again if asked)."""
+        self._notifier.close()
         for check in self.checks:
             check.close()
-
-
-def describe_change(previous: CheckResult | None, result: CheckResult) -> str:
-    """``clerk OPERATIONAL -> DOWN (HTTP 401)``: component, states, the reason for logs."""
-    before = previous.status if previous is not None else "UNKNOWN"
-    because = f" ({result.reason})" if result.reason else ""
-    return f"{result.component} {before} -> {result.status}{because}"
-
-
-def log_change(previous: CheckResult | None, result: CheckResult) -> None:
-    """One log line per change of state: warning into a failure, info out of it."""
-    message = describe_change(previous, result)
-    if is_failure(result):
-        logger.warning(message, exc_info=result.error)
-    else:
-        logger.info(message)
-
-
-def report_change_to_sentry(previous: CheckResult | None, result: CheckResult) -> None:
-    """A change to a failure state is one Sentry event (a no-op while Sentry is off)."""
-    if not is_failure(result) or (previous is not None and previous.status == result.status):
-        return
-    with sentry_sdk.new_scope() as scope:
-        scope.set_tag("health.component", result.component.value)
-        scope.set_tag("health.status", result.status)
-        scope.fingerprint = ["health-change", result.component.value, result.status]
-        if result.error is not None:
-            sentry_sdk.capture_exception(result.error)
-        else:
-            sentry_sdk.capture_message(describe_change(previous, result), level="warning")
-
-
-def log_and_report_change(previous: CheckResult | None, result: CheckResult) -> None:
-    log_change(previous, result)
-    report_change_to_sentry(previous, result)
-
-
-def is_failure(result: CheckResult) -> bool:
-    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
-    return result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
 
 
 def failure_body(instance_id: str) -> dict[str, object]:
@@ -162,19 +143,27 @@ def failure_body(instance_id: str) -> dict[str, object]:
     }
 
 
+def default_listeners(conf: HealthSettings = health_settings) -> list[HealthListener]:
+    """The server's policy: a log line per change, Sentry at most once per interval."""
+    return [LogListener(), SentryListener(interval=conf.event_interval)]
+
+
 def build_service(
-    conf: HealthSettings = health_settings, *, cached: bool = True, on_change: ChangeListener | None = None
+    conf: HealthSettings = health_settings,
+    *,
+    cached: bool = True,
+    listeners: Sequence[HealthListener] | None = None,
 ) -> HealthService:
-    """The configured service; ``cached=False`` for one-shot callers such as the CLI."""
+    """The configured service (the composition root); ``cached=False`` for one-shot callers."""
     return HealthService(
-        checks=build_checks(conf),
+        checks=build_checks(conf, cached=cached),
         instance_id=conf.instance_id,
         critical=conf.critical_components,
         timeout=conf.check_timeout,
         ttl=conf.cache_ttl if cached else 0.0,
         max_staleness=conf.max_staleness if cached else 0.0,
         drain_file=conf.drain_file,
-        on_change=on_change or log_and_report_change,
+        listeners=default_listeners(conf) if listeners is None else listeners,
     )
 
 
@@ -219,6 +208,7 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_CACHE_TTL",
         "HEALTH_MAX_STALENESS",
         "HEALTH_DRAIN_FILE",
+        "HEALTH_EVENT_INTERVAL",
         "INSTANCE_ID",
         "SENTRY_DSN",
         "CLERK_SECRET_KEY",

@@ -150,6 +150,8 @@ HEALTH_CRITICAL_COMPONENTS = env.items("HEALTH_CRITICAL_COMPONENTS", ("clerk", "
 HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0)
 HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0)
 HEALTH_DRAIN_FILE = env.string("HEALTH_DRAIN_FILE")
+# At most one Sentry event per component per this many seconds while it flaps.
+HEALTH_EVENT_INTERVAL = env.number("HEALTH_EVENT_INTERVAL", 600.0)
 INSTANCE_ID = env.string("INSTANCE_ID")
 
 CLERK_SECRET_KEY = env.string("CLERK_SECRET_KEY")

@@ -10,8 +10,12 @@ from health.checks.util_service import UtilServiceCheck
 from health.conf import HealthSettings, health_settings
 
 
-def build_checks(conf: HealthSettings = health_settings) -> list[HealthCheck]:
-    """The checks of this instance, in the contract's order of ``details``."""
+def build_checks(conf: HealthSettings = health_settings, *, cached: bool = True) -> list[HealthCheck]:
+    """The checks of this instance, in the contract's order of ``details``.
+
+    ``cached`` is the service's: with a cache, the util channel is rebuilt at most once
+    per TTL; without one (the CLI), whenever a call finds it dead.
+    """
     return [
         SentryCheck(dsn=conf.sentry_dsn),
         ClerkCheck(secret_key=conf.clerk_secret_key, api_url=conf.clerk_api_url),
@@ -20,6 +24,7 @@ def build_checks(conf: HealthSettings = health_settings) -> list[HealthCheck]:
             target=conf.util_grpc_target,
             tls=conf.util_grpc_tls,
             protocol=conf.util_grpc_health_protocol,
+            rebuild_interval=conf.cache_ttl if cached else 0.0,
         ),
     ]
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,12 +16,23 @@ from health.proto import util_health_pb2, util_health_pb2_grpc
 from health.status import Component, UtilServiceStatus
 
 #: The defaults back off up to 120 s after the peer restarts; a second is enough
-#: for a health check that runs once per cache period anyway.
+#: for a health check that runs once per cache period anyway. Keepalive pings notice a
+#: connection whose peer vanished without FIN or RST (the kernel alone takes up to two
+#: hours idle, or 15 minutes of retransmits): no PING ack within 5 s closes it and the
+#: next call connects anew. Every 5 minutes, also between calls, is the most gRPC
+#: servers accept by default (grpc-core's ``grpc.http2.min_ping_interval_without_data_ms``
+#: and Go's ``keepalive.EnforcementPolicy.MinTime``); more often and they answer GOAWAY
+#: ``too_many_pings``. A check's own call needs no ping: its deadline ends it, and the
+#: channel is dropped after it (see ``UtilServiceCheck``).
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
     ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
+    ("grpc.keepalive_time_ms", 300_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.max_pings_without_data", 0),
 )
 
 #: Codes that mean "we could not reach it", as opposed to "it answered badly".
@@ -31,17 +44,23 @@ class UtilServiceCheck:
     """``letraz.v1.HealthService/HealthCheck`` (or ``grpc.health.v1`` ``Check``).
 
     One long-lived channel per process, created on first use so that it is created
-    after gunicorn forks the worker.
+    after gunicorn forks the worker. A call that fails with ``UNAVAILABLE`` or
+    ``DEADLINE_EXCEEDED`` drops the channel (a connection that stopped answering is never
+    asked again), at most once per ``rebuild_interval`` seconds (the cache TTL): no
+    reconnect storm however often it fails.
     """
 
     target: GrpcTarget | None
     tls: bool = True
     protocol: str = "letraz"
+    rebuild_interval: float = 0.0
+    clock: Callable[[], float] = field(default=time.monotonic, repr=False)
     component: Component = field(default=Component.UTIL_SERVICE, init=False)
     timeout_status: UtilServiceStatus = field(default=UtilServiceStatus.DISCONNECTED, init=False)
     error_status: UtilServiceStatus = field(default=UtilServiceStatus.FAILED, init=False)
     _channel: grpc.Channel | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    _dropped_at: float | None = field(default=None, init=False, repr=False)
 
     def run(self, timeout: float) -> Verdict:
         if self.target is None:
@@ -61,10 +80,12 @@ class UtilServiceCheck:
                 status, healthy = reply.status, reply.status == "healthy"
         except grpc.RpcError as exc:
             code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-            if code == grpc.StatusCode.UNAVAILABLE:
-                # A channel that failed to connect fails every RPC at once until its
-                # reconnect backoff ends: a refresh landing there would keep
+            if code in UNREACHABLE:
+                # UNAVAILABLE: a channel that failed to connect fails every RPC at once
+                # until its reconnect backoff ends, so a refresh landing there would keep
                 # DISCONNECTED cached for another TTL although the peer is back.
+                # DEADLINE_EXCEEDED: the connection may be dead without FIN or RST (a
+                # stalled peer); every later call would go down it again.
                 self._drop_channel(channel)
             state = UtilServiceStatus.DISCONNECTED if code in UNREACHABLE else UtilServiceStatus.FAILED
             raise CheckFailed(state, f"RPC {code.name}") from exc
@@ -84,9 +105,11 @@ class UtilServiceCheck:
 
     def _drop_channel(self, channel: grpc.Channel) -> None:
         with self._lock:
-            if self._channel is not channel:
+            now = self.clock()
+            recent = self._dropped_at is not None and now - self._dropped_at < self.rebuild_interval
+            if self._channel is not channel or recent:
                 return
-            self._channel = None
+            self._channel, self._dropped_at = None, now
         channel.close()
 
     def close(self) -> None:

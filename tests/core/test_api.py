@@ -17,7 +17,8 @@ from django.test import Client, override_settings
 
 from health.checks import ClerkCheck, build_checks
 from health.checks.base import Verdict
-from health.service import HealthService, build_service
+from health.listeners import LogListener
+from health.service import HealthService, build_service, get_health_service
 from health.status import STATUS_TYPES, Component, SentryStatus
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.tcp import BlackholeListener
@@ -244,10 +245,13 @@ def test_a_check_that_raises_gives_its_failure_state_and_a_logged_traceback(
     client: Client, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     checks = [ExplodingCheck() if c.component == Component.CLERK else c for c in build_checks()]
-    service = HealthService(checks, instance_id="i", critical=frozenset({Component.CLERK}), ttl=0, max_staleness=0)
+    service = HealthService(
+        checks, instance_id="i", critical=frozenset({Component.CLERK}), ttl=0, max_staleness=0, listeners=[LogListener()]
+    )
     monkeypatch.setattr("core.views.get_health_service", lambda: service)
     with caplog.at_level(logging.WARNING, logger="health"):
         response = client.get(HEALTH)
+        assert service.flush_notifications(10)  # the log line is written by the notifier thread
     service.close()
     assert response.status_code == 503
     assert body(response)["details"]["clerk"] == "DOWN"
@@ -345,6 +349,7 @@ def test_a_change_of_state_is_logged_once_and_a_probe_that_changes_nothing_logs_
         util.mode = "healthy"
         for _ in range(5):
             client.get(HEALTH)
+        assert get_health_service().flush_notifications(10)  # lines come from the notifier thread
     util_lines = [(r.levelname, r.getMessage()) for r in caplog.records if r.getMessage().startswith("util_service")]
     assert util_lines == [
         ("INFO", "util_service UNKNOWN -> OPERATIONAL"),
@@ -373,6 +378,7 @@ def test_the_default_service_is_built_from_settings() -> None:
 def test_sentry_uninitialized_is_no_failure_in_the_logs(client: Client, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="health"):
         client.get(HEALTH)
+        assert get_health_service().flush_notifications(10)
     [line] = [r for r in caplog.records if r.getMessage().startswith("sentry")]
     assert (line.levelname, line.getMessage()) == (
         "INFO",

@@ -36,6 +36,7 @@ def test_the_default_configuration_passes_every_check() -> None:
         ({"CLERK_API_URL": "api.clerk.com"}, "health.E008", "CLERK_API_URL"),
         ({"CLERK_API_URL": "http://[::1/v1"}, "health.E008", "CLERK_API_URL"),
         ({"CLERK_API_URL": "ftp://api.clerk.com/v1"}, "health.E008", "CLERK_API_URL"),
+        ({"HEALTH_EVENT_INTERVAL": -1.0}, "health.E009", "HEALTH_EVENT_INTERVAL"),
     ],
 )
 def test_each_malformed_setting_is_an_error(overrides: dict[str, object], check_id: str, fragment: str) -> None:

@@ -97,9 +97,10 @@ def one_shot_service() -> HealthService:
     # container's HEALTHCHECK, every 30 s) needs none of them.
     # Logged, not sent to Sentry: every CLI run is a new process, so "once per change"
     # would mean once per run.
-    from health.service import build_service, log_change
+    from health.listeners import LogListener
+    from health.service import build_service
 
-    return build_service(cached=False, on_change=log_change)
+    return build_service(cached=False, listeners=[LogListener()])
 
 
 def parse_components(values: str | Sequence[str] | None) -> tuple[Component, ...] | None:
@@ -225,6 +226,7 @@ class Command(BaseCommand):
         try:
             return self.retry(lambda: self.ask_service(service, components), wait)
         finally:
+            service.flush_notifications(1.0)  # the log lines, written by the notifier thread
             service.close()
 
     @staticmethod
