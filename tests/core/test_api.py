@@ -246,7 +246,12 @@ def test_a_check_that_raises_gives_its_failure_state_and_a_logged_traceback(
 ) -> None:
     checks = [ExplodingCheck() if c.component == Component.CLERK else c for c in build_checks()]
     service = HealthService(
-        checks, instance_id="i", critical=frozenset({Component.CLERK}), ttl=0, max_staleness=0, listeners=[LogListener()]
+        checks,
+        instance_id="i",
+        critical=frozenset({Component.CLERK}),
+        ttl=0,
+        max_staleness=0,
+        listeners=[LogListener()],
     )
     monkeypatch.setattr("core.views.get_health_service", lambda: service)
     with caplog.at_level(logging.WARNING, logger="health"):
