@@ -15,8 +15,9 @@ left to finish on its own, its answer is ignored, and the next look starts a new
 At most :data:`MAX_RUNS` runs of one component exist at any moment (the current one and
 one abandoned), so a dependency that hangs forever holds at most two threads, whatever
 the probe rate; and a dependency that answers again is seen within one run of its first
-good answer instead of after the hang's length plus a TTL. A run that answers late is
-the timeout state too, fresh for a TTL from when it was asked (not from its answer).
+good answer instead of after the hang's length plus a TTL. A run that answers after its
+limit is the timeout state too; one that hung (over twice the limit) is fresh for a TTL
+from when it was asked, not from its answer, so the next look asks again.
 
 Runs happen on daemon threads (:class:`DaemonThreadExecutor`): a check stuck in a
 driver call must never keep a worker or the CLI from exiting.
@@ -371,9 +372,11 @@ class ComponentMonitor:
                 result = run.future.result()
             except BaseException as exc:  # _execute lets nothing through; this is the belt.
                 result = self._failed(now, exc)
-            # A late run is fresh for a TTL from when it was asked, not from its answer:
-            # after a long hang the next look asks again at once.
-            late = result.duration > self._timeout
+            # A run that hung (over twice its limit) is fresh for a TTL from when it was
+            # asked, not from its answer: after a long hang the next look asks again at
+            # once. One that ended near its limit (a driver's own timeout) is cached as
+            # usual, so failing runs stay a TTL apart.
+            late = result.duration > 2 * self._timeout
             asked_at = result.observed_at - result.duration
             self._record(result, fresh_until=(asked_at if late else result.observed_at) + self._ttl)
         elif now >= run.abandon_at:

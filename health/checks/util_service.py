@@ -33,6 +33,9 @@ CHANNEL_OPTIONS = (
     ("grpc.keepalive_timeout_ms", 5_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.max_pings_without_data", 0),
+    # Channels otherwise share connections through a process-wide subchannel pool: a
+    # rebuilt channel could pick up the very connection it was rebuilt to get rid of.
+    ("grpc.use_local_subchannel_pool", 1),
 )
 
 #: Codes that mean "we could not reach it", as opposed to "it answered badly".
@@ -47,7 +50,8 @@ class UtilServiceCheck:
     after gunicorn forks the worker. A call that fails with ``UNAVAILABLE`` or
     ``DEADLINE_EXCEEDED`` drops the channel (a connection that stopped answering is never
     asked again), at most once per ``rebuild_interval`` seconds (the cache TTL): no
-    reconnect storm however often it fails.
+    reconnect storm however often it fails. Failing runs are a TTL plus their time
+    limit apart (the runner caches a failure for a TTL), so each of them rebuilds.
     """
 
     target: GrpcTarget | None

@@ -5,11 +5,12 @@ Each fixture is function-scoped, yields a started peer and always stops it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
 from tests.peers.clerk import ClerkMode, FakeClerkAPI
+from tests.peers.proxy import FaultProxy
 from tests.peers.sentry import SentryReceiver
 from tests.peers.tcp import BlackholeListener
 from tests.peers.tcp import closed_port as _closed_port
@@ -50,3 +51,18 @@ def sentry_receiver() -> Iterator[SentryReceiver]:
     """A :class:`SentryReceiver`; use ``.dsn`` and ``.wait_for``."""
     with SentryReceiver() as receiver:
         yield receiver
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[Callable[[int | tuple[str, int]], FaultProxy]]:
+    """Makes started :class:`FaultProxy` objects in front of an upstream; stops them all."""
+    proxies: list[FaultProxy] = []
+
+    def make(upstream: int | tuple[str, int]) -> FaultProxy:
+        proxy = FaultProxy(upstream).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in proxies:
+        proxy.stop()
