@@ -171,8 +171,9 @@ class _Connection:
         while True:
             item = self._answers.get()
             if item is None:
-                with contextlib.suppress(OSError):
-                    self.client.shutdown(socket.SHUT_WR)
+                if not self.closed.is_set():  # the upstream finished: pass its FIN on
+                    with contextlib.suppress(OSError):
+                        self.client.shutdown(socket.SHUT_WR)
                 return
             due, data = item
             if self._sleep_until(due):
@@ -206,7 +207,6 @@ class _Connection:
         if self.closed.is_set():
             return
         self.closed.set()
-        self._answers.put(None)  # wakes the answer writer
         if reset:
             _reset(self.client)
         for sock in (self.upstream,) if reset else (self.client, self.upstream):
@@ -215,6 +215,7 @@ class _Connection:
                     sock.shutdown(socket.SHUT_RDWR)
                 with contextlib.suppress(OSError):
                     sock.close()
+        self._answers.put(None)  # wakes the answer writer, after the sockets are gone
         self.proxy._forget(self)
 
 
