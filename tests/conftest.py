@@ -42,6 +42,13 @@ def _install_sentry_integrations_once() -> None:
     init_sentry("")
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Servers a test started die with the run, even if a teardown never ran."""
+    from tests.process.support import kill_all_servers
+
+    kill_all_servers()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if ON_POSTGRES:
         return

@@ -13,6 +13,9 @@ from clerk_backend_api.models import ClerkBaseError, NoResponseError, ResponseVa
 from health.checks.base import CheckFailed, Verdict
 from health.status import ClerkStatus, Component
 
+#: The client's own timeout; every call passes the run's time limit instead.
+DEFAULT_TIMEOUT_MS = 5000
+
 
 @dataclass
 class ClerkCheck:
@@ -20,7 +23,12 @@ class ClerkCheck:
 
     The SDK retries with backoff for up to an hour by default; here retries are off,
     because the runner's time limit and cache already decide how often Clerk is asked.
-    The client costs tens of milliseconds to build, so one is kept per process.
+
+    The client costs 40 to 250 ms of CPU to build (more on a loaded machine, and the GIL
+    is shared with the other checks' threads), so one is kept per process and it is built
+    with the check, not inside the first run's time limit: built there, a fresh process
+    (the CLI, a new worker) on a busy machine reported ``clerk: DOWN`` ("no answer within
+    0.5 s") although Clerk answered in a millisecond.
     """
 
     secret_key: str = field(repr=False)
@@ -30,6 +38,10 @@ class ClerkCheck:
     error_status: ClerkStatus = field(default=ClerkStatus.DOWN, init=False)
     _client: Clerk | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.secret_key:
+            self._get_client(DEFAULT_TIMEOUT_MS).jwks  # noqa: B018 (the SDK imports its parts on first use)
 
     def run(self, timeout: float) -> Verdict:
         if not self.secret_key:

@@ -7,6 +7,7 @@ fixture's teardown) even when the test fails.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import http.client
 import os
@@ -190,8 +191,38 @@ def raw_http(port: int, request: bytes, *, timeout: float = 5.0) -> bytes:
 # -- processes -----------------------------------------------------------------------
 
 
+#: Runs its arguments after asking the kernel to SIGKILL it when its parent (this test
+#: run) dies, however that happens: a CI timeout's SIGKILL runs no teardown, no atexit.
+#: In the child, before exec, without ``preexec_fn`` (unsafe with threads, and the tests
+#: run peers on threads). If the parent died before the request, it exits at once.
+#: gunicorn's workers notice their master is gone and stop on their own.
+_DIE_WITH_PARENT = (
+    "import ctypes, os, signal, sys\n"
+    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"
+    "os.execvp(sys.argv[2], sys.argv[2:])\n"
+)
+
+#: Every server still running, killed at exit even if a fixture's teardown never ran.
+_running: set[ServerProcess] = set()
+
+
+def kill_all_servers() -> None:
+    """Kill every server this test run started that is still there (session end, atexit)."""
+    for server in list(_running):
+        server.kill()
+
+
+atexit.register(kill_all_servers)
+
+
 class ServerProcess:
-    """A subprocess whose stdout and stderr go to one log file that tests can read."""
+    """A subprocess whose stdout and stderr go to one log file that tests can read.
+
+    It dies with the test run however the run ends: teardown kills it (and its process
+    group), the session's end and ``atexit`` kill what is left, and the kernel kills it
+    if the test run itself is killed (``PR_SET_PDEATHSIG``).
+    """
 
     def __init__(self, args: Sequence[str], env: Mapping[str, str], log_path: Path) -> None:
         self.args = list(args)
@@ -199,8 +230,14 @@ class ServerProcess:
         self._log = log_path.open("wb")
         # A session of its own, so teardown can reach gunicorn's workers too.
         self.popen = subprocess.Popen(
-            self.args, cwd=REPO, env=dict(env), stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+            [PYTHON, "-c", _DIE_WITH_PARENT, str(os.getpid()), *self.args],
+            cwd=REPO,
+            env=dict(env),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
+        _running.add(self)
 
     @property
     def output(self) -> str:
@@ -253,6 +290,7 @@ class ServerProcess:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.popen.pid, signal.SIGKILL)
         self._log.close()
+        _running.discard(self)
 
 
 @contextlib.contextmanager
