@@ -28,6 +28,19 @@ from health.runner import (
 )
 from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus
 
+__all__ = [
+    "CheckResult",
+    "ComponentSnapshot",
+    "HealthListener",
+    "HealthReport",
+    "HealthService",
+    "build_service",
+    "default_listeners",
+    "failure_body",
+    "get_health_service",
+    "reset_health_service",
+]
+
 
 @dataclass(frozen=True)
 class HealthReport:
