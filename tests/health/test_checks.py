@@ -368,7 +368,11 @@ def test_the_database_is_fatal_in_time_when_postgres_hangs(
         started = time.monotonic()
         status, reason = through_service(DatabaseCheck(slow_ms=250, alias="hung"), timeout=0.3)
         elapsed = time.monotonic() - started
-    assert (status, reason) == (DatabaseStatus.FATAL, "no answer within 0.3 s")
+    # The runner's deadline and the check's own (on the socket) fall at the same moment.
+    assert (status, reason) in {
+        (DatabaseStatus.FATAL, "no answer within 0.3 s"),
+        (DatabaseStatus.FATAL, "connecting took over 0.3 s"),
+    }
     assert elapsed < 1.5  # the driver would wait 2 s; the runner does not
 
 
