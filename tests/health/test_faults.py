@@ -161,15 +161,23 @@ def test_db_stalled_mid_query_then_healthy_is_operational_within_the_ttl_and_a_s
 def test_db_at_80_ms_per_round_trip_is_operational_with_the_defaults(
     db_behind_proxy: tuple[FaultProxy, DatabaseCheck],
 ) -> None:
+    """3 round trips of 80 ms (240 ms) fit the 0.5 s default; the old check's 7 did not.
+
+    The round trips are counted by the proxy, so the test does not depend on how busy
+    the machine is; the run itself gets a limit a loaded machine can meet (the figure
+    with the defaults is measured, see the report of issue 7).
+    """
     proxy, check = db_behind_proxy
     proxy.latency = 0.080
-    service = service_for(check, ttl=0)
+    service = service_for(check, ttl=0, timeout=2.0)
     try:
         for _ in range(3):  # the first run reads the migrations, later ones SELECT 1
+            before = proxy.round_trips
             result = service.check().results[Component.DB]
             assert (result.status, result.reason) == (DatabaseStatus.OPERATIONAL, ""), result
-            # Connect (TLS request, start-up) and the one query: 3 round trips, not 7.
-            assert result.duration >= 3 * 0.080
+            # The TLS request, start-up (trust: one), and the one query.
+            assert proxy.round_trips - before == 3
+            assert 3 * 0.080 <= result.duration
     finally:
         service.close()
 
@@ -181,7 +189,7 @@ def test_a_slow_query_on_a_database_that_connects_fast_is_degraded_not_fatal(
 ) -> None:
     proxy, check = db_behind_proxy
     proxy.latency, proxy.latency_after = 0.300, b"Q"  # only answers to the query are late
-    service = service_for(check, ttl=0, timeout=1.0)
+    service = service_for(check, ttl=0, timeout=2.0)  # the query's time is the subject, not the limit
     try:
         for _ in range(2):
             result = service.check().results[Component.DB]

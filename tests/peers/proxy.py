@@ -37,7 +37,9 @@ answer). Stalled connections stay frozen until :meth:`stop`; new connections fol
 starts with those bytes (swallowed): a stall in the middle of a call on a connection
 made just for it. ``reset_live()`` resets every live connection now.
 
-Counters: ``accepted`` (connections accepted since start), ``live`` (open now), and
+Counters: ``accepted`` (connections accepted since start), ``live`` (open now),
+``round_trips`` (answers that followed a request, over all connections: each time a
+connection's traffic turns from client-to-upstream to upstream-to-client) and
 ``wait_for_accepted(n, timeout)``. Everything is bounded: threads are daemons, every
 socket is closed by :meth:`stop`, and stop returns within a few seconds.
 """
@@ -96,6 +98,7 @@ class _Connection:
         self.stalled = threading.Event()
         self.closed = threading.Event()
         self.delaying = proxy.latency_after is None
+        self.awaiting_answer = False
         self._answers: queue.Queue[tuple[float, bytes] | None] = queue.Queue()
 
     def start(self) -> None:
@@ -151,6 +154,7 @@ class _Connection:
                 return
             if latency_after is not None and data.startswith(latency_after):
                 self.delaying = True
+            self.awaiting_answer = True
             upstream.sendall(data)
 
     def _answer_reader(self) -> None:
@@ -163,6 +167,9 @@ class _Connection:
             if not data:
                 self._answers.put(None)
                 return
+            if self.awaiting_answer:
+                self.awaiting_answer = False
+                self.proxy._count_round_trip()
             delay = self.proxy.latency if self.delaying else 0.0
             self._answers.put((time.monotonic() + delay, data))
 
@@ -232,6 +239,7 @@ class FaultProxy:
         self._cond = threading.Condition()
         self._connections: set[_Connection] = set()
         self._accepted = 0
+        self._round_trips = 0
         self._port: int | None = None
         self._listener: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
@@ -322,6 +330,11 @@ class FaultProxy:
             return self._accepted
 
     @property
+    def round_trips(self) -> int:
+        with self._cond:
+            return self._round_trips
+
+    @property
     def live(self) -> int:
         """Connections open now (stalled ones included)."""
         with self._cond:
@@ -350,6 +363,10 @@ class FaultProxy:
         listener.setblocking(False)
         self._port = int(listener.getsockname()[1])
         self._listener = listener
+
+    def _count_round_trip(self) -> None:
+        with self._cond:
+            self._round_trips += 1
 
     def _forget(self, connection: _Connection) -> None:
         with self._cond:

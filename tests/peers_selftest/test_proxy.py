@@ -91,6 +91,17 @@ def test_pass_forwards_both_ways_and_counts(proxy: FaultProxy, echo: EchoPeer) -
     assert echo.accepted == 1
 
 
+def test_round_trips_count_answers_that_follow_requests(proxy: FaultProxy) -> None:
+    with connect(proxy) as sock:
+        for i in range(3):
+            assert round_trip(sock, b"x" * (i + 1)) == b"x" * (i + 1)
+        sock.sendall(b"bye")  # a request that gets no answer yet is no round trip
+        sock.shutdown(socket.SHUT_WR)
+        while sock.recv(65536):  # the echo of "bye" arrives: now it is one
+            pass
+    assert proxy.round_trips == 4
+
+
 def test_a_client_closing_ends_the_upstream_connection_too(proxy: FaultProxy) -> None:
     with connect(proxy) as sock:
         assert round_trip(sock, b"x") == b"x"
