@@ -177,7 +177,7 @@ def test_db_at_80_ms_per_round_trip_is_operational_with_the_defaults(
             assert (result.status, result.reason) == (DatabaseStatus.OPERATIONAL, ""), result
             # The TLS request, start-up (trust: one), and the one query.
             assert proxy.round_trips - before == 3
-            assert 3 * 0.080 <= result.duration
+            assert result.duration >= 3 * 0.080
     finally:
         service.close()
 
