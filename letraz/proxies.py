@@ -41,9 +41,7 @@ def trusted_proxies(source: Env = env) -> tuple[str, ...]:
         try:
             ipaddress.ip_network(item)
         except ValueError:
-            raise ImproperlyConfigured(
-                f"FORWARDED_ALLOW_IPS must be IP addresses or networks, got {item!r}."
-            ) from None
+            raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS must be IP addresses or networks, got {item!r}.") from None
     return items
 
 
