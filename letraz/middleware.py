@@ -49,6 +49,13 @@ ERROR_DETAILS = {
 _KEPT_HEADERS = ("Allow", "Retry-After", "WWW-Authenticate")
 
 
+def json_error(status: int, detail: str) -> JsonResponse:
+    """DRF's error body, as compact as its renderer writes it, with its length."""
+    response = JsonResponse({"detail": detail}, status=status, json_dumps_params={"separators": (",", ":")})
+    response["Content-Length"] = str(len(response.content))
+    return response
+
+
 def _printable(value: str, limit: int = 100) -> str:
     """A request value for a log line: no control characters, bounded."""
     return repr(value[:limit])
@@ -78,7 +85,7 @@ class EdgeMiddleware:
     def refuse(request: HttpRequest, reason: str) -> HttpResponseBase:
         logger.warning("Refused %s %s: %s", request.method, _printable(request.path_info), reason)
         if request.path_info.startswith(API_PREFIX):
-            response: HttpResponseBase = JsonResponse({"detail": ERROR_DETAILS[400]}, status=400)
+            response: HttpResponseBase = json_error(400, ERROR_DETAILS[400])
         else:
             response = bad_request(request, DisallowedHost(reason))
         response._has_been_logged = True  # type: ignore[attr-defined]
@@ -94,7 +101,7 @@ class EdgeMiddleware:
         ):
             return response
         detail = ERROR_DETAILS.get(response.status_code, ERROR_DETAILS[500 if response.status_code >= 500 else 400])
-        replacement = JsonResponse({"detail": detail}, status=response.status_code)
+        replacement = json_error(response.status_code, detail)
         for name in _KEPT_HEADERS:
             if name in response:
                 replacement[name] = response[name]
