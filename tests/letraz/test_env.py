@@ -114,3 +114,17 @@ def _written(directory: Path, text: str) -> Path:
     path = directory / f"value-{abs(hash(text))}"
     path.write_text(text)
     return path
+
+
+def test_forwarded_allow_ips_is_nobody_by_default_and_checked() -> None:
+    from letraz.proxies import is_trusted, trusted_proxies
+
+    assert trusted_proxies(Env({})) == ()
+    assert not is_trusted("127.0.0.1", ())
+    proxies = trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"}))
+    assert is_trusted("10.2.3.4", proxies) and is_trusted("::1", proxies)
+    assert not is_trusted("192.0.2.1", proxies) and not is_trusted("not-an-ip", proxies)
+    with pytest.raises(ImproperlyConfigured, match="would trust every client"):
+        trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "*"}))
+    with pytest.raises(ImproperlyConfigured, match="FORWARDED_ALLOW_IPS must be IP addresses or networks, got 'proxy'"):
+        trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "proxy"}))
