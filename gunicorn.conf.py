@@ -24,9 +24,6 @@ worker_class = "letraz.gunicorn_worker.ThreadedWSGIWorker"
 workers = env.integer("WEB_CONCURRENCY", 2)
 # Threads that run Django, per worker; connections waiting for their headers hold none.
 threads = env.integer("GUNICORN_THREADS", 8)
-# Open connections per worker (idle, trickling or in a request); beyond it, new ones wait
-# in the listen backlog. Far more than probes and a few hostile clients need.
-worker_connections = 1000
 # The app is WSGI behind a2wsgi: no ASGI lifespan events to send.
 asgi_lifespan = "off"
 # A worker silent for this long is killed and replaced.
