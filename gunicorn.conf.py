@@ -1,7 +1,10 @@
 """gunicorn configuration for the web process (``make run`` and the container use it).
 
-Threaded workers, so a probe never queues behind a slow request; sizes and the port
-from the environment; a graceful timeout that fits inside Kubernetes' grace period.
+An event loop per worker reads requests and a pool of threads runs Django
+(``letraz/gunicorn_worker.py``), so a probe never queues behind a slow request or a
+slow client; sizes and the port from the environment; a graceful timeout that fits
+inside Kubernetes' grace period; forwarded headers trusted from no one unless
+``FORWARDED_ALLOW_IPS`` names the proxy.
 """
 
 from __future__ import annotations
@@ -10,20 +13,34 @@ import os
 from typing import Any
 
 from letraz.env import env
+from letraz.proxies import trusted_proxies
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "letraz.settings")
+_trusted_proxies = trusted_proxies()
 
 # All interfaces, as a container needs; pass --bind to narrow it (command line wins).
 bind = [f"0.0.0.0:{env.integer('PORT', 8000)}"]  # noqa: S104
-worker_class = "gthread"
+worker_class = "letraz.gunicorn_worker.ThreadedWSGIWorker"
 workers = env.integer("WEB_CONCURRENCY", 2)
+# Threads that run Django, per worker; connections waiting for their headers hold none.
 threads = env.integer("GUNICORN_THREADS", 8)
+# The app is WSGI behind a2wsgi: no ASGI lifespan events to send.
+asgi_lifespan = "off"
 # A worker silent for this long is killed and replaced.
 timeout = 30
 # SIGTERM lets in-flight requests finish for this long: with a 10 s preStop drain it
 # fits the 45 s terminationGracePeriodSeconds of deploy/kubernetes.
 graceful_timeout = 20
+# After a response, the next request's headers must be complete within this many
+# seconds; a new connection gets HEADER_READ_TIMEOUT (5 s) for its first request's.
 keepalive = 5
+# Forwarded headers: X-Forwarded-Proto and friends set the scheme only from these peers
+# (settings.FORWARDED_ALLOW_IPS: none by default); request headers never become
+# SCRIPT_NAME or PATH_INFO (the app lives at /); a header whose name has "_" (which would
+# collide with a "-" one in the WSGI environ) is refused with a 400.
+forwarded_allow_ips = ",".join(_trusted_proxies)
+forwarder_headers = ""
+header_map = "refuse"
 accesslog = "-"
 errorlog = "-"
 logger_class = "letraz.gunicorn_logging.ProbeQuietLogger"

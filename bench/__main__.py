@@ -7,6 +7,8 @@ A. gunicorn with ``bench.settings`` (the production settings plus django-health-
    1. ``/api/v1/health/`` and ``/api/v1/health/live/``: warm-up, then measured;
    3. the calls each dependency received meanwhile, against workers x (window / TTL + 1);
    2. then django-health-check 4.x's view with its database check, for comparison.
+   6. then ``/live/``, ``/ready/`` and ``/health/`` one at a time while 100 clients hold
+      idle connections and 100 trickle their headers a byte at a time (issue #8).
 B. a fresh gunicorn with ``letraz.settings`` while Clerk and the util service hang:
    4. the first answer, then p99 under load;
    5. how long until ``OPERATIONAL`` after the util service is healthy again, and after
@@ -40,10 +42,12 @@ import psycopg
 from bench.load import WrkResult, WrkUnavailable, ensure_wrk, run_wrk
 from bench.machine import CpuMeter
 from bench.server import REPO, Answer, Server, manage
+from bench.slow_clients import ProbeTimes, SlowClients, time_probes
 from tests.peers import FakeClerkAPI, FakeUtilService, SentryReceiver
 
 HEALTH = "/api/v1/health/"
 LIVE = "/api/v1/health/live/"
+READY = "/api/v1/health/ready/"
 DJANGO_HEALTH_CHECK = "/bench/django-health-check/"
 RESULTS = REPO / "bench" / "results"
 DEFAULT_DATABASE_URL = "postgres://postgres@127.0.0.1:5432/test"
@@ -280,7 +284,9 @@ def phase_a(
         db_before = db.settled_count()
         dhc = measure(server, DJANGO_HEALTH_CHECK, args, wrk, seconds=args.duration, connections=args.connections)
         dhc_sessions = db.settled_count() - db_before
+        slow = slow_client_run(server, args)
     return {
+        "slow_clients": slow,
         "health": health,
         "live": live,
         "health_light": light,
@@ -292,6 +298,45 @@ def phase_a(
             "calls": calls,
             "health_requests": health.requests,
         },
+    }
+
+
+def slow_client_run(server: Server, args: argparse.Namespace) -> dict[str, Any]:
+    """Goal 6: the probes, one at a time on new connections, while slow clients hold theirs."""
+    paths = [LIVE, READY, HEALTH]
+    log(
+        f"slow clients: {args.idle_clients} idle + {args.trickling_clients} trickling connections,"
+        f" {args.slow_rounds} rounds of {', '.join(paths)}"
+    )
+    baseline = time_probes(server.port, paths, rounds=args.slow_rounds)
+    with SlowClients(server.port, idle=args.idle_clients, trickling=args.trickling_clients) as clients:
+        wanted = args.idle_clients + args.trickling_clients
+        deadline = time.monotonic() + 10
+        while clients.open_connections < wanted and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(1.0)  # every trickling client has sent some bytes: its headers are under way
+        under = time_probes(server.port, paths, rounds=args.slow_rounds)
+        held = clients.open_connections
+        stats = clients.stats
+    result = {"paths": paths, "held": held, "opened": stats.opened, "closed_by_server": stats.closed_by_server}
+    for name, times in (("baseline", baseline), ("slow", under)):
+        result[name] = summarise(times, paths)
+    for path in paths:
+        row = result["slow"][path]
+        log(f"         {path}: p50 {row['p50_ms']:.2f} ms, p99 {row['p99_ms']:.2f} ms, failures {row['failures']}")
+    return result
+
+
+def summarise(times: ProbeTimes, paths: list[str]) -> dict[str, dict[str, float]]:
+    return {
+        path: {
+            "p50_ms": times.percentile(path, 0.5) * 1000,
+            "p99_ms": times.percentile(path, 0.99) * 1000,
+            "max_ms": max(times.latencies[path], default=float("nan")) * 1000,
+            "answers": len(times.latencies[path]),
+            "failures": len([f for f in times.failures if f.startswith(f"{path}:")]),
+        }
+        for path in paths
     }
 
 
@@ -420,6 +465,16 @@ def goals(args: argparse.Namespace, a: dict[str, Any], b: dict[str, Any]) -> lis
         Goal("4. health p99 while deps hang", b["hanging"].p99_ms, 50, "ms"),
         Goal("5. OPERATIONAL after util unhealthy -> healthy", back_unhealthy, args.ttl + 1, "s"),
         Goal("5. OPERATIONAL after util stopped -> started", back_restarted, args.ttl + 1, "s"),
+        *(
+            Goal(f"6. {path} p99, slow clients holding connections", row["p99_ms"], 50, "ms")
+            for path, row in a["slow_clients"]["slow"].items()
+        ),
+        Goal(
+            "6. probes failed, slow clients holding connections",
+            sum(row["failures"] for row in a["slow_clients"]["slow"].values()),
+            0,
+            "",
+        ),
     ]
 
 
@@ -466,6 +521,20 @@ def report(
         f" {b['port_open_s']:.2f} s, workers ready after {b['workers_ready_s']:.2f} s;",
         f"  first answer {first['status']} {first['body'].get('status')} {first['body'].get('details')}"
         f" in {first['seconds'] * 1000:.0f} ms",
+    ]
+    slow = a["slow_clients"]
+    lines += [
+        "",
+        f"  slow clients: {args.idle_clients} idle + {args.trickling_clients} trickling (a header byte every 0.1 s)"
+        f" connections held ({slow['held']} open at the end, {slow['closed_by_server']} closed by the server's"
+        " header deadline and replaced);",
+        f"  {args.slow_rounds} probes per path, one at a time on new connections:",
+        f"    {'path':<24} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'failed':>7}   (without slow clients: p50, p99)",
+        *(
+            f"    {path:<24} {row['p50_ms']:>8.2f} {row['p99_ms']:>8.2f} {row['max_ms']:>8.1f} {row['failures']:>7}"
+            f"   ({slow['baseline'][path]['p50_ms']:.2f}, {slow['baseline'][path]['p99_ms']:.2f})"
+            for path, row in slow["slow"].items()
+        ),
     ]
     for name, key in (("unhealthy -> healthy", "recovery_unhealthy"), ("stopped -> started", "recovery_restarted")):
         back = b[key]["back"]
@@ -529,6 +598,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--ttl", type=float, default=5.0, help="HEALTH_CACHE_TTL in seconds (5)")
     parser.add_argument("--check-timeout", type=float, default=0.5, help="HEALTH_CHECK_TIMEOUT in seconds (0.5)")
+    parser.add_argument("--idle-clients", type=int, default=100, help="connections that send nothing (100)")
+    parser.add_argument(
+        "--trickling-clients", type=int, default=100, help="connections that send headers a byte at a time (100)"
+    )
+    parser.add_argument("--slow-rounds", type=int, default=100, help="probes per path while slow clients hold (100)")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help=f"PostgreSQL ({DEFAULT_DATABASE_URL})")
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results as JSON")
     return parser.parse_args(argv)
@@ -568,7 +642,8 @@ def main(argv: list[str] | None = None) -> int:
         f"  NOTE: wrk ({args.threads} thread) shares these {cores} cores with gunicorn, PostgreSQL and the peers:"
         " absolute req/s and latencies\n  are lower than on a dedicated machine. Goals 1 and 2 compare endpoints"
         " measured alike; CPU ms/request is the steadier figure.\n"
-        f"  server: gunicorn -c gunicorn.conf.py, gthread, {args.workers} workers x {args.worker_threads} threads,"
+        f"  server: gunicorn -c gunicorn.conf.py, asyncio + a2wsgi, {args.workers} workers x {args.worker_threads}"
+        " threads,"
         " DJANGO_DEBUG off, Sentry on (loopback receiver),\n"
         f"  HEALTH_CACHE_TTL {args.ttl:g} s, HEALTH_CHECK_TIMEOUT {args.check_timeout:g} s; peers on 127.0.0.1;"
         f" PostgreSQL {args.database_url}\n"

@@ -5,11 +5,12 @@ HTTP API:
 
 * ``letraz_server.CORE.CoreController/HealthCheck``: the report, as the original
   server sent it (``core/proto/core_health.proto``).
-* ``grpc.health.v1.Health`` (``Check`` and ``Watch``), for Kubernetes' native gRPC
-  probes and for clients. Its services:
+* ``grpc.health.v1.Health`` (``Check``, ``Watch`` and ``List``), for Kubernetes'
+  native gRPC probes and for clients. Its services:
 
-  - ``""`` (and ``letraz_server.CORE.CoreController``): readiness, SERVING iff the
-    report is OPERATIONAL and the instance is not draining;
+  - ``""`` (and ``letraz_server.CORE.CoreController``): readiness, as ``/ready/``
+    (``health.service.is_ready``): NOT_SERVING only while draining, before the first
+    report, or when a component of ``HEALTH_READINESS_COMPONENTS`` fails;
   - ``"liveness"``: SERVING while the process runs (NOT_SERVING once it stops);
   - ``"sentry"``, ``"clerk"``, ``"db"``, ``"util_service"``: SERVING iff that
     component is OPERATIONAL. Sentry's UNINITIALIZED (no ``SENTRY_DSN``) also counts
@@ -19,7 +20,11 @@ HTTP API:
   A background thread asks the service about once a second (the service caches, so
   this costs the dependencies nothing more) and sets a status only when it changes,
   so ``Watch`` streams see each change once.
-* Server reflection, listing the three.
+* Server reflection, listing the three. Every method it advertises is implemented.
+
+No RPC a client can send makes an ERROR line or a Sentry event: a request that cannot
+be parsed is logged as one WARNING line (:class:`ClientErrorLogFilter`). On SIGTERM,
+every ``Watch`` stream gets NOT_SERVING and then ends, so none holds the grace period.
 
 Build it in the process that serves it: gRPC's threads do not survive ``fork()``.
 """
@@ -39,8 +44,8 @@ from grpc_reflection.v1alpha import reflection
 
 from core.proto import core_health_pb2, core_health_pb2_grpc
 from health.conf import health_settings
-from health.service import HealthReport, HealthService, failure_body, get_health_service
-from health.status import OPERATIONAL, Component, OverallStatus, SentryStatus
+from health.service import HealthReport, HealthService, failure_body, get_health_service, is_ready
+from health.status import OPERATIONAL, Component, SentryStatus
 
 logger = logging.getLogger("health.grpc")
 
@@ -88,7 +93,7 @@ def component_serving(component: Component, status: str) -> bool:
 
 def serving_statuses(report: HealthReport) -> dict[str, int]:
     """The ``grpc.health.v1`` status of every service name, from one report."""
-    ready = report.status == OverallStatus.OPERATIONAL and not report.draining
+    ready = is_ready(report, health_settings.readiness_components)
     statuses = {OVERALL: ready, CORE_SERVICE_NAME: ready, LIVENESS: True}
     statuses |= {c.value: component_serving(c, r.status) for c, r in report.results.items()}
     return {name: SERVING if ok else NOT_SERVING for name, ok in statuses.items()}
@@ -110,6 +115,91 @@ class CoreControllerServicer(core_health_pb2_grpc.CoreControllerServicer):
         self, request: empty_pb2.Empty, context: grpc.ServicerContext
     ) -> core_health_pb2.HealthCheckResponse:
         return as_message(report_body(self._service_provider))
+
+
+class ClientErrorLogFilter(logging.Filter):
+    """grpcio logs a request it cannot parse at ERROR with a traceback: one WARNING line instead.
+
+    The bytes come from the client, so this is hostile or broken input, not our error
+    (and Sentry would turn each ERROR into an event). On grpcio's ``grpc._common`` logger.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.WARNING and "deserializ" in record.getMessage():
+            record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
+_client_error_filter = ClientErrorLogFilter()
+
+
+class LetrazHealthServicer(health.HealthServicer):
+    """grpcio's ``HealthServicer`` plus ``List``, and Watch streams that end on shutdown.
+
+    The descriptor grpcio-health-checking ships (and reflection advertises) has ``List``;
+    its servicer does not implement it, so each call logged an ERROR traceback.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(experimental_non_blocking=True)
+        self._statuses: dict[str, int] = {}
+        self._watches: set[Callable[[Any], None]] = set()
+        self._watch_lock = threading.Lock()
+
+    def set(self, service: str, status: int) -> None:
+        with self._lock:
+            if not self._gracefully_shutting_down:
+                self._statuses[service] = status
+            super().set(service, status)
+
+    def List(self, request: health_pb2.HealthListRequest, context: grpc.ServicerContext) -> Any:  # noqa: N802
+        """Every published status, by service name (the ``grpc.health.v1`` ``List``)."""
+        with self._lock:
+            statuses = dict(self._statuses)
+        return health_pb2.HealthListResponse(
+            statuses={name: health_pb2.HealthCheckResponse(status=status) for name, status in statuses.items()}
+        )
+
+    def Watch(  # noqa: N802
+        self,
+        request: health_pb2.HealthCheckRequest,
+        context: grpc.ServicerContext,
+        send_response_callback: Callable[[Any], None] | None = None,
+    ) -> Any:
+        if send_response_callback is None:  # Only the blocking server API; not ours.
+            return super().Watch(request, context)
+        send = send_response_callback
+        ended = False
+        lock = threading.Lock()
+
+        def once_ended(response: Any) -> None:
+            # None ends the stream; after that nothing may be sent, not even a second end.
+            nonlocal ended
+            with lock:
+                if ended:
+                    return
+                ended = response is None
+                send(response)
+
+        with self._watch_lock:
+            self._watches.add(once_ended)
+        context.add_callback(lambda: self._forget(once_ended))
+        return super().Watch(request, context, once_ended)
+
+    def _forget(self, watch: Callable[[Any], None]) -> None:
+        with self._watch_lock:
+            self._watches.discard(watch)
+
+    def enter_graceful_shutdown(self) -> None:
+        """Every status NOT_SERVING, sent to every stream, then every stream ends."""
+        with self._lock:
+            self._statuses = dict.fromkeys(self._statuses, NOT_SERVING)
+        super().enter_graceful_shutdown()
+        with self._watch_lock:
+            watches = list(self._watches)
+        for end in watches:
+            end(None)
 
 
 class HealthStatusPublisher:
@@ -184,7 +274,8 @@ class HealthGrpcServer:
     ) -> None:
         self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server")
         self.server = grpc.server(self._executor, maximum_concurrent_rpcs=max_concurrent_rpcs, options=SERVER_OPTIONS)
-        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.health = LetrazHealthServicer()
+        logging.getLogger("grpc._common").addFilter(_client_error_filter)
         interval = publish_interval(health_settings.cache_ttl) if publish_every is None else publish_every
         self.publisher = HealthStatusPublisher(self.health, interval=interval, service_provider=service_provider)
         core_health_pb2_grpc.add_CoreControllerServicer_to_server(  # type: ignore[no-untyped-call]

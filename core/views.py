@@ -20,7 +20,7 @@ from rest_framework.views import APIView
 
 from core.serializers import HealthCheckSerializer, LivenessSerializer
 from health.conf import health_settings
-from health.service import failure_body, get_health_service
+from health.service import failure_body, get_health_service, is_ready
 from health.status import OverallStatus
 
 logger = logging.getLogger("health")
@@ -85,8 +85,10 @@ class ProbeView(APIView):
             report = get_health_service().check()
             body = report.as_dict()
             healthy = report.status == OverallStatus.OPERATIONAL
-            if readiness and report.draining:
-                body["status"], healthy = OverallStatus.DEGRADED.value, False
+            if readiness:
+                # Every component is still shown; the status is readiness's own verdict.
+                healthy = is_ready(report, health_settings.readiness_components)
+                body["status"] = (OverallStatus.OPERATIONAL if healthy else OverallStatus.DEGRADED).value
             data = serialized(HealthCheckSerializer, body)
         except Exception:  # A bug in the engine must still give a defined answer.
             logger.exception("The health report could not be made")
@@ -113,10 +115,13 @@ class ReadinessView(ProbeView):
         tags=["Core APIs"],
         summary="Is this instance ready for traffic?",
         description=(
-            "For readiness probes and load balancers. The same body as `/health/`: 200 when every critical "
-            "component is OPERATIONAL, 503 otherwise, and 503 while the instance is draining before it "
-            "stops (then `status` is DEGRADED whatever the components say). Results are cached for a few "
-            "seconds per process, so probing often costs the dependencies nothing more."
+            "For readiness probes and load balancers. The same body as `/health/`, every component "
+            "included, but the answer is about this instance: 503 only while it is draining before it "
+            "stops, or when a component named in HEALTH_READINESS_COMPONENTS (none by default) is not "
+            "OPERATIONAL; `status` agrees with the code. Dependencies that every instance shares (Clerk, "
+            "the database, the util service) do not take it out of rotation by default: their outage "
+            "would take every instance out at once. Results are cached for a few seconds per process, "
+            "so probing often costs the dependencies nothing more."
         ),
         responses={200: HealthCheckSerializer, 503: HealthCheckSerializer},
         auth=[],

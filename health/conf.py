@@ -143,6 +143,25 @@ class HealthSettings:
     def util_grpc_health_protocol(self) -> str:
         return getattr(settings, "UTIL_GRPC_HEALTH_PROTOCOL", "letraz")
 
+    @property
+    def readiness_component_names(self) -> tuple[str, ...]:
+        return tuple(getattr(settings, "HEALTH_READINESS_COMPONENTS", ()))
+
+    @property
+    def readiness_components(self) -> frozenset[Component]:
+        """Components whose failure takes this instance out of rotation (none by default).
+
+        Known names only; unknown ones are a system-check error (health.E009).
+        """
+        known = {c.value for c in Component}
+        return frozenset(Component(n) for n in self.readiness_component_names if n in known)
+
+    @property
+    def cache_ttls(self) -> dict[Component, float]:
+        """Each component's TTL: ``HEALTH_CACHE_TTL_<COMPONENT>`` if set, else ``HEALTH_CACHE_TTL``."""
+        overrides: dict[str, float] = getattr(settings, "HEALTH_CACHE_TTL_OVERRIDES", {})
+        return {c: float(overrides.get(c.value, self.cache_ttl)) for c in Component}
+
 
 health_settings = HealthSettings()
 
@@ -179,4 +198,17 @@ def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[s
         errors.append(("health.E008", "CLERK_API_URL must be an http(s) URL."))
     if conf.event_interval < 0:
         errors.append(("health.E009", "HEALTH_EVENT_INTERVAL must be zero or more seconds."))
+    unknown = [n for n in conf.readiness_component_names if n not in known]
+    if unknown:
+        errors.append(
+            (
+                "health.E010",
+                f"HEALTH_READINESS_COMPONENTS names unknown component(s) {', '.join(map(repr, unknown))};"
+                f" known: {', '.join(known)}.",
+            )
+        )
+    for component, ttl in conf.cache_ttls.items():
+        if not 0 <= ttl <= conf.max_staleness:
+            name = f"HEALTH_CACHE_TTL_{component.value.upper()}"
+            errors.append(("health.E011", f"{name} must be between 0 and HEALTH_MAX_STALENESS seconds."))
     return errors

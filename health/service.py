@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +77,8 @@ class HealthService:
     drain_file: Path | None = None
     clock: Clock = time.monotonic
     listeners: Sequence[HealthListener] = ()
+    #: Per-component TTLs (``HEALTH_CACHE_TTL_<COMPONENT>``); others use ``ttl``.
+    ttls: Mapping[Component, float] = field(default_factory=dict)
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
     _notifier: Notifier = field(init=False, repr=False)
 
@@ -89,7 +91,7 @@ class HealthService:
                 check,
                 executor,
                 timeout=self.timeout,
-                ttl=self.ttl,
+                ttl=self.ttls.get(check.component, self.ttl),
                 max_staleness=self.max_staleness,
                 notifier=self._notifier,
                 clock=self.clock,
@@ -147,6 +149,21 @@ class HealthService:
             check.close()
 
 
+def is_ready(report: HealthReport, readiness_components: Iterable[Component]) -> bool:
+    """Readiness is about this instance, not the dependencies every instance shares.
+
+    No only when taking this one pod out of rotation can help: while it drains, and
+    when a component named in ``HEALTH_READINESS_COMPONENTS`` (none by default) is not
+    OPERATIONAL. A Clerk outage marks every pod alike; failing readiness on it would
+    empty the Service. Warming up needs no rule here: a report exists only once every
+    component has a verdict (its first run answered, or its time limit passed), and
+    before that there is no report to be ready with (gRPC says NOT_SERVING until then).
+    """
+    if report.draining:
+        return False
+    return all(report.results[c].operational for c in readiness_components if c in report.results)
+
+
 def failure_body(instance_id: str) -> dict[str, object]:
     """The contract's body when no report could be made at all: every component failed."""
     return {
@@ -177,6 +194,7 @@ def build_service(
         max_staleness=conf.max_staleness if cached else 0.0,
         drain_file=conf.drain_file,
         listeners=default_listeners(conf) if listeners is None else listeners,
+        ttls=conf.cache_ttls if cached else {},
     )
 
 
@@ -219,6 +237,7 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_DB_SLOW_MS",
         "HEALTH_CRITICAL_COMPONENTS",
         "HEALTH_CACHE_TTL",
+        "HEALTH_CACHE_TTL_OVERRIDES",
         "HEALTH_MAX_STALENESS",
         "HEALTH_DRAIN_FILE",
         "HEALTH_EVENT_INTERVAL",

@@ -5,12 +5,18 @@ or raises :class:`~django.core.exceptions.ImproperlyConfigured` naming the varia
 so a malformed deploy fails when the process starts, not on the first request.
 Semantic checks (is this ``host:port``, is that a known component) are Django system
 checks (``health/system_checks.py``) so that they show in ``manage.py check``.
+
+Every variable can also come from a file: ``NAME_FILE=/run/secrets/letraz/NAME`` reads
+``NAME`` from that file (a mounted Kubernetes Secret or a Docker secret), so secrets
+need not sit in the process environment, where ``/proc/<pid>/environ``, crash reports
+and child processes see them. Setting both ``NAME`` and ``NAME_FILE`` is an error.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from pathlib import Path
 
 from django.core.exceptions import ImproperlyConfigured
 
@@ -25,11 +31,27 @@ class Env:
         self._environ = os.environ if environ is None else environ
 
     def raw(self, name: str) -> str | None:
-        """The variable's value with surrounding blanks removed; unset and blank are None."""
+        """The variable's value with surrounding blanks removed; unset and blank are None.
+
+        The value comes from the file ``NAME_FILE`` names, when that is set instead.
+        """
         value = self._environ.get(name)
+        path = self._environ.get(f"{name}_FILE")
+        if path is not None and path.strip():
+            if value is not None and value.strip():
+                raise ImproperlyConfigured(f"Set {name} or {name}_FILE, not both.")
+            value = self._read_file(f"{name}_FILE", path.strip())
         if value is None or not value.strip():
             return None
         return value.strip()
+
+    @staticmethod
+    def _read_file(variable: str, path: str) -> str:
+        try:
+            return Path(path).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            # The path is configuration, not a secret; the content is never quoted.
+            raise ImproperlyConfigured(f"{variable} names a file that cannot be read ({type(exc).__name__}).") from None
 
     def string(self, name: str, default: str = "") -> str:
         value = self.raw(name)

@@ -7,15 +7,18 @@ from typing import Any
 from gunicorn.glogging import Logger
 
 from letraz.env import env
-from letraz.sentry import HEALTH_PATH
 
 
 class ProbeQuietLogger(Logger):  # type: ignore[misc]
-    """Skips access lines for ``/api/v*/health/...`` unless GUNICORN_LOG_HEALTH_PROBES is true."""
+    """Skips access lines for the probes (``core.urls.is_probe_path``) unless GUNICORN_LOG_HEALTH_PROBES is true."""
 
     log_health_probes = env.boolean("GUNICORN_LOG_HEALTH_PROBES", False)
 
     def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
-        if not self.log_health_probes and HEALTH_PATH.match(environ.get("PATH_INFO", "")):
-            return
+        if not self.log_health_probes:
+            # Imported here: the master process configures this logger before Django is set up.
+            from core.urls import is_probe_path
+
+            if is_probe_path(environ.get("PATH_INFO", "")):
+                return
         super().access(resp, req, environ, request_time)

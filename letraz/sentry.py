@@ -8,20 +8,17 @@ health check to report as ``FAILED``.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import sentry_sdk
 from sentry_sdk.integrations.django import DjangoIntegration
+from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.integrations.modules import ModulesIntegration
 from sentry_sdk.scrubber import EventScrubber
 
 logger = logging.getLogger(__name__)
-
-#: Probes are never traced: tracing one costs more than answering it.
-HEALTH_PATH = re.compile(r"^/api/v\d+/health/")
 
 
 @dataclass(frozen=True)
@@ -36,12 +33,18 @@ setup = SentrySetup()
 
 
 def traces_sampler_for(rate: float) -> Callable[[dict[str, Any]], float]:
-    """A sampler that keeps ``rate`` of requests but never samples a health probe."""
+    """A sampler that keeps ``rate`` of requests but never samples a health probe.
+
+    Probes are never traced: tracing one costs more than answering it. What a probe is
+    comes from ``core.urls`` (by URL name), slash or no slash.
+    """
 
     def sampler(context: dict[str, Any]) -> float:
+        # Imported on use: this module is loaded while the settings are, before the URLconf can be.
+        from core.urls import is_probe_path
+
         environ = context.get("wsgi_environ") or {}
-        path = environ.get("PATH_INFO", "")
-        if HEALTH_PATH.match(path):
+        if is_probe_path(environ.get("PATH_INFO", "")):
             return 0.0
         parent = context.get("parent_sampled")
         return float(parent) if parent is not None else rate
@@ -71,6 +74,9 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
     }
     if traces_sample_rate > 0:
         options["traces_sampler"] = traces_sampler_for(traces_sample_rate)
+    # Requests that Django finds suspicious (a disallowed Host, ...) are hostile input,
+    # not our errors: anyone could otherwise write events into our Sentry.
+    ignore_logger("django.security.*")
     try:
         sentry_sdk.init(**options)
     except Exception as exc:  # BadDsn is a ValueError; any failure must not stop start-up.

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import dj_database_url
 
+from health.status import Component
 from letraz.env import env
+from letraz.proxies import trusted_proxies
 from letraz.sentry import init_sentry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -23,6 +25,7 @@ DEBUG = env.boolean("DJANGO_DEBUG", False)
 # deploy check letraz.E001), while tools that never sign anything, such as
 # `manage.py spectacular` on a fresh clone, still run.
 SECRET_KEY = env.string("DJANGO_SECRET_KEY") or ("insecure-development-key" if DEBUG else "")
+# Probes answer whatever the Host (letraz.middleware); nothing else is loosened.
 ALLOWED_HOSTS = list(env.items("DJANGO_ALLOWED_HOSTS", ("localhost", "127.0.0.1", "[::1]")))
 
 INSTALLED_APPS = [
@@ -37,6 +40,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First: hostile requests end here (400, one WARNING line), and errors under /api/ are JSON.
+    "letraz.middleware.EdgeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -82,6 +87,10 @@ LANGUAGE_CODE = "en-us"
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Peers allowed to send X-Forwarded-* (gunicorn.conf.py reads the same list): nobody by
+# default. From anyone else such a header is a 400 (letraz.middleware), so this header
+# only ever comes from a trusted proxy.
+FORWARDED_ALLOW_IPS = trusted_proxies()
 SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
 # --- REST framework and the schema -------------------------------------------------------
@@ -148,6 +157,17 @@ HEALTH_CHECK_TIMEOUT = env.number("HEALTH_CHECK_TIMEOUT", 0.5)
 HEALTH_DB_SLOW_MS = env.number("HEALTH_DB_SLOW_MS", 250)
 HEALTH_CRITICAL_COMPONENTS = env.items("HEALTH_CRITICAL_COMPONENTS", ("clerk", "db", "util_service"))
 HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0)
+# HEALTH_CACHE_TTL_<COMPONENT> (e.g. HEALTH_CACHE_TTL_CLERK): that dependency's budget;
+# only the ones set are kept, the rest follow HEALTH_CACHE_TTL.
+HEALTH_CACHE_TTL_OVERRIDES = {
+    c.value: env.number(f"HEALTH_CACHE_TTL_{c.value.upper()}", HEALTH_CACHE_TTL)
+    for c in Component
+    if env.raw(f"HEALTH_CACHE_TTL_{c.value.upper()}") is not None
+}
+# Components whose failure takes this instance out of rotation. None by default: Clerk,
+# the database and the util service are shared by every pod, so failing readiness on them
+# would empty the Service at once (see README, "Readiness").
+HEALTH_READINESS_COMPONENTS = env.items("HEALTH_READINESS_COMPONENTS", ())
 HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0)
 HEALTH_DRAIN_FILE = env.string("HEALTH_DRAIN_FILE")
 # At most one Sentry event per component per this many seconds while it flaps.
@@ -174,7 +194,10 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    # Django logs each suspicious request (a bad Host, a malformed header) at ERROR with a
+    # traceback: hostile input, not our error, so one WARNING line instead.
+    "filters": {"hostile_requests": {"()": "letraz.middleware.HostileRequestLogFilter"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["hostile_requests"]}},
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"health": {"level": "INFO", "propagate": True}},
 }

@@ -203,14 +203,30 @@ def test_liveness_touches_no_dependency(client: Client, peers: Any) -> None:
     assert (clerk.requests, util.requests) == (0, 0)
 
 
-def test_readiness_follows_the_report(client: Client, peers: Any) -> None:
+def test_readiness_shows_every_component_but_a_shared_dependency_does_not_fail_it(client: Client, peers: Any) -> None:
     _, util = peers
     assert client.get(READY).status_code == 200
     assert body(client.get(READY)) == body(client.get(HEALTH)) | {"instance_id": body(client.get(READY))["instance_id"]}
     util.mode = "internal"
+    assert client.get(HEALTH).status_code == 503
     response = client.get(READY)
-    assert response.status_code == 503
+    assert response.status_code == 200, "a util outage hits every pod alike: readiness must not empty the Service"
     assert body(response)["details"]["util_service"] == "FAILED"
+    assert body(response)["status"] == "OPERATIONAL"
+
+
+@pytest.mark.parametrize("path", [READY, READY.rstrip("/")])
+def test_a_readiness_component_that_fails_takes_readiness_down_with_a_matching_status(
+    client: Client, peers: Any, path: str
+) -> None:
+    _, util = peers
+    with override_settings(HEALTH_READINESS_COMPONENTS=("util_service",)):
+        assert client.get(path).status_code == 200
+        util.mode = "internal"
+        response = client.get(path)
+    assert response.status_code == 503
+    assert body(response)["status"] == "DEGRADED"
+    assert set(body(response)["details"]) == {"sentry", "clerk", "db", "util_service"}
 
 
 def test_draining_takes_readiness_down_and_keeps_liveness_up(client: Client, peers: Any, tmp_path: Path) -> None:
@@ -288,13 +304,20 @@ def test_probes_within_the_ttl_cost_one_upstream_call_per_dependency(client: Cli
     assert (clerk.requests, util.requests) == (1, 1)
 
 
-def test_readiness_is_503_until_the_first_full_check_has_answered(client: Client, peers: Any) -> None:
+def test_readiness_waits_for_the_first_verdict_and_a_hanging_dependency_is_a_verdict(
+    client: Client, peers: Any
+) -> None:
+    # A new pod's first readiness answer comes after every component has a verdict; one
+    # that hangs past the time limit has one (its failure state), so a Clerk that hangs
+    # keeps no new pod out of rotation, and a pod that opts Clerk in stays out.
     clerk, _ = peers
     clerk.mode, clerk.delay = "slow", 1.0
     with override_settings(HEALTH_CHECK_TIMEOUT=0.3):
         first = client.get(READY)
-        assert first.status_code == 503
+        assert first.status_code == 200
         assert body(first)["details"]["clerk"] == "DOWN"
+    with override_settings(HEALTH_CHECK_TIMEOUT=0.3, HEALTH_READINESS_COMPONENTS=("clerk",)):
+        assert client.get(READY).status_code == 503
         clerk.mode = "ok"
         deadline = time.monotonic() + 5
         while (response := client.get(READY)).status_code != 200:

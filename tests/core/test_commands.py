@@ -318,7 +318,7 @@ def test_live_touches_no_dependency_so_a_broken_one_does_not_fail_it(
     done = manage(["health", "--live", f"http://127.0.0.1:{port}/api/v1/health/live/"], cli_env)
     assert done.returncode == 0, done.stderr
     # Against a URL that does check the dependencies, the same probe fails.
-    ready = manage(["health", "--live", f"http://127.0.0.1:{port}/api/v1/health/ready/"], cli_env)
+    ready = manage(["health", "--live", f"http://127.0.0.1:{port}/api/v1/health/"], cli_env)
     assert ready.returncode == 1
     assert "HTTP 503" in ready.stderr
 

@@ -3,8 +3,8 @@
 Every object is validated with ``kubernetes-validate`` in strict mode (unknown
 fields fail) against a pinned Kubernetes version whose schemas the package
 ships, so no cluster and no network are needed. Then the properties the health
-design depends on are asserted: which endpoint each probe hits and with which
-Host header, drain before SIGTERM within the grace period, the hardened
+design depends on are asserted: which endpoint each probe hits (with no Host
+workaround), drain before SIGTERM within the grace period, the hardened
 security context, no committed secrets, configuration names the app knows, and
 that selectors, Services, PDBs and the HPA all point at the Deployments.
 """
@@ -44,27 +44,38 @@ SECRET = "letraz-health-secrets"
 SECRET_KEYS = {"DJANGO_SECRET_KEY", "SENTRY_DSN", "CLERK_SECRET_KEY", "DATABASE_URL"}
 # Every environment variable the application reads (letraz/settings.py,
 # gunicorn.conf.py); a manifest naming anything else is a typo or stale.
-DOCUMENTED_ENV = SECRET_KEYS | {
-    "CLERK_API_URL",
-    "UTIL_GRPC_HOST",
-    "UTIL_GRPC_TLS",
-    "UTIL_GRPC_HEALTH_PROTOCOL",
-    "HEALTH_CHECK_TIMEOUT",
-    "HEALTH_DB_SLOW_MS",
-    "HEALTH_CRITICAL_COMPONENTS",
-    "HEALTH_CACHE_TTL",
-    "HEALTH_MAX_STALENESS",
-    "HEALTH_DRAIN_FILE",
-    "INSTANCE_ID",
-    "SENTRY_ENVIRONMENT",
-    "SENTRY_TRACES_SAMPLE_RATE",
-    "DJANGO_DEBUG",
-    "DJANGO_ALLOWED_HOSTS",
-    "PORT",
-    "GRPC_PORT",
-    "WEB_CONCURRENCY",
-    "GUNICORN_THREADS",
-}
+SECRET_DIR = "/run/secrets/letraz"
+DOCUMENTED_ENV = (
+    SECRET_KEYS
+    | {f"{key}_FILE" for key in SECRET_KEYS}
+    | {
+        "HEALTH_READINESS_COMPONENTS",
+        "HEALTH_CACHE_TTL_SENTRY",
+        "HEALTH_CACHE_TTL_CLERK",
+        "HEALTH_CACHE_TTL_DB",
+        "HEALTH_CACHE_TTL_UTIL_SERVICE",
+        "FORWARDED_ALLOW_IPS",
+        "CLERK_API_URL",
+        "UTIL_GRPC_HOST",
+        "UTIL_GRPC_TLS",
+        "UTIL_GRPC_HEALTH_PROTOCOL",
+        "HEALTH_CHECK_TIMEOUT",
+        "HEALTH_DB_SLOW_MS",
+        "HEALTH_CRITICAL_COMPONENTS",
+        "HEALTH_CACHE_TTL",
+        "HEALTH_MAX_STALENESS",
+        "HEALTH_DRAIN_FILE",
+        "INSTANCE_ID",
+        "SENTRY_ENVIRONMENT",
+        "SENTRY_TRACES_SAMPLE_RATE",
+        "DJANGO_DEBUG",
+        "DJANGO_ALLOWED_HOSTS",
+        "PORT",
+        "GRPC_PORT",
+        "WEB_CONCURRENCY",
+        "GUNICORN_THREADS",
+    }
+)
 NAME_LABEL = "app.kubernetes.io/name"
 COMPONENT_LABEL = "app.kubernetes.io/component"
 PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
@@ -222,16 +233,15 @@ def test_kustomization_lists_every_manifest() -> None:
 # --------------------------------------------------------------------------- probes
 
 
-def test_every_http_probe_sends_host_localhost() -> None:
+def test_no_probe_needs_a_host_header_nor_loosens_allowed_hosts() -> None:
+    # The probe endpoints answer whatever Host the kubelet sends (its pod IP included).
     allowed = configmap_data()["DJANGO_ALLOWED_HOSTS"].split(",")
+    assert not {"localhost", "127.0.0.1", "*"} & set(allowed), allowed
     for _, container in all_containers():
         for probe_name in PROBES:
             http_get = container.get(probe_name, {}).get("httpGet")
-            if http_get is None:
-                continue
-            headers = {h["name"].lower(): h["value"] for h in http_get.get("httpHeaders", [])}
-            assert headers.get("host") == "localhost", f"{container['name']} {probe_name}: Host header"
-            assert "localhost" in allowed
+            if http_get is not None:
+                assert "httpHeaders" not in http_get, f"{container['name']} {probe_name}: Host workaround"
 
 
 def test_every_probe_has_a_timeout_within_its_period() -> None:
@@ -355,14 +365,24 @@ def test_images_are_the_project_version() -> None:
 # --------------------------------------------------------------------------- configuration
 
 
-def test_configuration_comes_from_the_configmap_and_secret() -> None:
-    for _, container in all_containers():
+def test_configuration_comes_from_the_configmap_and_secrets_from_files() -> None:
+    for deployment, container in all_containers():
         sources = container["envFrom"]
         assert {"configMapRef": {"name": CONFIGMAP}} in sources, container["name"]
-        secret_refs = [s["secretRef"] for s in sources if "secretRef" in s]
-        assert secret_refs == [{"name": SECRET}], container["name"]
+        assert not [s for s in sources if "secretRef" in s], f"{container['name']}: secrets as environment"
         env = {e["name"]: e for e in container["env"]}
         assert env["INSTANCE_ID"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.uid"}}
+        assert not [e for e in container["env"] if "secretKeyRef" in e.get("valueFrom", {})]
+        # Each secret through NAME_FILE (letraz/env.py), from the Secret mounted read-only.
+        assert {key: env[f"{key}_FILE"]["value"] for key in SECRET_KEYS} == {
+            key: f"{SECRET_DIR}/{key}" for key in SECRET_KEYS
+        }
+        [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == SECRET_DIR]
+        assert mount["readOnly"] is True
+        volumes = {v["name"]: v for v in deployment["spec"]["template"]["spec"]["volumes"]}
+        secret = volumes[mount["name"]]["secret"]
+        assert secret["secretName"] == SECRET
+        assert secret["defaultMode"] & 0o007 == 0, "not readable by other users"
 
 
 def test_every_environment_name_is_one_the_app_reads() -> None:
@@ -391,6 +411,50 @@ def test_readme_documents_the_secret_and_the_configmap() -> None:
     assert literal_keys == SECRET_KEYS
     for key in configmap_data():
         assert f"`{key}`" in readme, f"ConfigMap key {key} not in README.md"
+
+
+# --------------------------------------------------------------------------- network and scanners
+
+
+def test_each_deployment_has_a_network_policy_admitting_only_its_port() -> None:
+    policies = objects("NetworkPolicy")
+    for component, port in (("web", HTTP_PORT), ("grpc", GRPC_PORT)):
+        template = deployments()[component]["spec"]["template"]["metadata"]["labels"]
+        [policy] = [p for p in policies if selects(p["spec"]["podSelector"]["matchLabels"], template)]
+        assert policy["spec"]["policyTypes"] == ["Ingress"], component
+        for rule in policy["spec"]["ingress"]:
+            assert rule["from"], f"{component}: a rule with no 'from' admits everyone"
+            assert [(p["protocol"], p["port"]) for p in rule["ports"]] == [("TCP", port)], component
+
+
+def test_the_readme_names_who_may_connect_and_has_a_valid_egress_example() -> None:
+    readme = README.read_text()
+    assert "ingress-nginx" in readme and "app.kubernetes.io/part-of: letraz" in readme
+    blocks = re.findall(r"```yaml\n(.*?)```", readme, re.S)
+    examples = [
+        doc for block in blocks for doc in yaml.safe_load_all(block) if doc and doc.get("kind") == "NetworkPolicy"
+    ]
+    [egress] = [doc for doc in examples if "Egress" in doc["spec"]["policyTypes"]]
+    kubernetes_validate.validate(egress, KUBERNETES_VERSION, strict=True)
+    ports = {p["port"] for rule in egress["spec"]["egress"] for p in rule.get("ports", [])}
+    assert {53, 443, 5432} <= ports, ports  # DNS, Clerk and Sentry, PostgreSQL
+
+
+def test_every_checkov_suppression_names_a_check_and_gives_its_reason() -> None:
+    for name, document in KUBERNETES_OBJECTS:
+        for key, value in document["metadata"].get("annotations", {}).items():
+            if key.startswith("checkov.io/skip"):
+                check, sep, reason = value.partition("=")
+                assert re.fullmatch(r"CKV2?_K8S_\d+", check) and sep, (name, value)
+                assert len(reason.split()) >= 5 and "=" not in reason, (name, value)
+
+
+def test_checkov_runs_in_make_test_from_a_hash_locked_venv() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: .*\bcheckov\b", makefile, re.M)
+    assert "--require-hashes -r deploy/checkov/requirements.lock" in makefile
+    lock = (ROOT / "deploy" / "checkov" / "requirements.lock").read_text()
+    assert re.search(r"^checkov==", lock, re.M) and "--hash=sha256:" in lock
 
 
 # --------------------------------------------------------------------------- wiring

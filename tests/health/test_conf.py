@@ -98,3 +98,37 @@ def test_instance_id_from_the_environment_wins() -> None:
 
     with override_settings(INSTANCE_ID="web-7f9c"):
         assert health_settings.instance_id == "web-7f9c"
+
+
+def test_readiness_components_default_to_none_and_unknown_names_are_an_error() -> None:
+    from health.conf import health_settings
+
+    assert health_settings.readiness_components == frozenset()
+    with override_settings(HEALTH_READINESS_COMPONENTS=("clerk", "redis")):
+        assert health_errors()["health.E010"].startswith(
+            "HEALTH_READINESS_COMPONENTS names unknown component(s) 'redis'"
+        )
+        assert {c.value for c in health_settings.readiness_components} == {"clerk"}
+
+
+def test_each_component_takes_its_own_ttl_or_the_global_one() -> None:
+    from health.conf import health_settings
+    from health.status import Component
+
+    with override_settings(HEALTH_CACHE_TTL=5.0, HEALTH_MAX_STALENESS=90.0, HEALTH_CACHE_TTL_OVERRIDES={"clerk": 60.0}):
+        assert health_settings.cache_ttls == {
+            Component.SENTRY: 5.0,
+            Component.CLERK: 60.0,
+            Component.DB: 5.0,
+            Component.UTIL_SERVICE: 5.0,
+        }
+        assert "health.E011" not in health_errors()
+
+
+@pytest.mark.parametrize("ttl", [-1.0, 120.0])
+def test_a_component_ttl_outside_zero_to_the_staleness_bound_is_an_error(ttl: float) -> None:
+    with override_settings(HEALTH_MAX_STALENESS=90.0, HEALTH_CACHE_TTL_OVERRIDES={"clerk": ttl}):
+        assert (
+            health_errors()["health.E011"]
+            == "HEALTH_CACHE_TTL_CLERK must be between 0 and HEALTH_MAX_STALENESS seconds."
+        )

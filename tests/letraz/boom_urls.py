@@ -13,4 +13,5 @@ def boom(request: HttpRequest) -> HttpResponse:
 urlpatterns = [
     path("api/v1/", include("core.urls")),
     path("boom/", boom),
+    path("api/v1/boom/", boom),
 ]

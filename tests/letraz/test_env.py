@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -87,3 +88,43 @@ def test_a_malformed_number_stops_the_process_at_start() -> None:
     )
     assert result.returncode == 2
     assert result.stderr == "Configuration error: HEALTH_CHECK_TIMEOUT must be a number, got 'soon'.\n"
+
+
+def test_a_variable_can_come_from_the_file_its_file_variable_names(tmp_path: Path) -> None:
+    secret = tmp_path / "CLERK_SECRET_KEY"
+    secret.write_text("sk_test_from_a_file\n")
+    env = Env({"CLERK_SECRET_KEY_FILE": str(secret), "HEALTH_CACHE_TTL_FILE": str(_written(tmp_path, "7.5"))})
+    assert env.string("CLERK_SECRET_KEY") == "sk_test_from_a_file"
+    assert env.number("HEALTH_CACHE_TTL", 5.0) == 7.5
+
+
+def test_both_a_variable_and_its_file_is_an_error(tmp_path: Path) -> None:
+    env = Env({"DATABASE_URL": "sqlite://", "DATABASE_URL_FILE": str(_written(tmp_path, "postgres://x"))})
+    with pytest.raises(ImproperlyConfigured, match="DATABASE_URL or DATABASE_URL_FILE, not both"):
+        env.string("DATABASE_URL")
+
+
+def test_an_unreadable_file_is_an_error_naming_the_variable_not_the_content(tmp_path: Path) -> None:
+    env = Env({"DJANGO_SECRET_KEY_FILE": str(tmp_path / "missing")})
+    with pytest.raises(ImproperlyConfigured, match=r"DJANGO_SECRET_KEY_FILE names a file that cannot be read"):
+        env.string("DJANGO_SECRET_KEY")
+
+
+def _written(directory: Path, text: str) -> Path:
+    path = directory / f"value-{abs(hash(text))}"
+    path.write_text(text)
+    return path
+
+
+def test_forwarded_allow_ips_is_nobody_by_default_and_checked() -> None:
+    from letraz.proxies import is_trusted, trusted_proxies
+
+    assert trusted_proxies(Env({})) == ()
+    assert not is_trusted("127.0.0.1", ())
+    proxies = trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "10.0.0.0/8, ::1"}))
+    assert is_trusted("10.2.3.4", proxies) and is_trusted("::1", proxies)
+    assert not is_trusted("192.0.2.1", proxies) and not is_trusted("not-an-ip", proxies)
+    with pytest.raises(ImproperlyConfigured, match="would trust every client"):
+        trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "*"}))
+    with pytest.raises(ImproperlyConfigured, match="FORWARDED_ALLOW_IPS must be IP addresses or networks, got 'proxy'"):
+        trusted_proxies(Env({"FORWARDED_ALLOW_IPS": "proxy"}))

@@ -26,11 +26,25 @@ def sentry_on(sentry_receiver: SentryReceiver) -> Iterator[SentryReceiver]:
 
 
 @pytest.mark.parametrize(
-    "path", ["/api/v1/health/", "/api/v1/health/live/", "/api/v1/health/ready/", "/api/v2/health/"]
+    "path",
+    [
+        "/api/v1/health/",
+        "/api/v1/health/live/",
+        "/api/v1/health/ready/",
+        "/api/v1/health",
+        "/api/v1/health/live",
+        "/api/v1/health/ready",
+    ],
 )
-def test_health_probes_are_never_sampled(path: str) -> None:
+def test_health_probes_are_never_sampled_slash_or_no_slash(path: str) -> None:
     sampler = traces_sampler_for(1.0)
     assert sampler({"wsgi_environ": {"PATH_INFO": path}, "parent_sampled": True}) == 0.0
+
+
+@pytest.mark.parametrize("path", ["/api/v1/health/elsewhere/", "/api/v2/health/", "/api/v1/healthz"])
+def test_a_path_that_only_looks_like_a_probe_is_sampled(path: str) -> None:
+    # What a probe is comes from core/urls.py by URL name, not from a pattern of its own.
+    assert traces_sampler_for(1.0)({"wsgi_environ": {"PATH_INFO": path}}) == 1.0
 
 
 def test_other_requests_are_sampled_at_the_configured_rate_or_as_their_parent() -> None:

@@ -123,7 +123,7 @@ def test_util_service_follows_the_peer(channel: grpc.Channel, util_service: Fake
     assert eventually(channel, "util_service", SERVING) == SERVING
     util_service.mode = UtilMode.UNHEALTHY
     assert eventually(channel, "util_service", NOT_SERVING) == NOT_SERVING
-    assert check(channel, "") == NOT_SERVING
+    assert check(channel, "") == SERVING  # readiness is about this instance, not a shared dependency
     assert check(channel, "liveness") == SERVING
     assert check(channel, "clerk") == SERVING
 
@@ -175,11 +175,11 @@ def watch(channel: grpc.Channel) -> Iterator[Any]:
         watcher.cancel()
 
 
-def test_watch_streams_each_change_of_readiness(
+def test_watch_streams_each_change_of_a_component(
     channel: grpc.Channel, util_service: FakeUtilService, watch: Any
 ) -> None:
-    assert eventually(channel, "", SERVING) == SERVING
-    watcher = watch("")
+    assert eventually(channel, "util_service", SERVING) == SERVING
+    watcher = watch("util_service")
     assert watcher.next(timeout=5) == SERVING
 
     util_service.mode = UtilMode.UNHEALTHY

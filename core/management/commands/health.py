@@ -177,7 +177,11 @@ class Command(BaseCommand):
             metavar="URL",
             help="Ask a running server's liveness URL (http or https) instead of running the checks here.",
         )
-        parser.add_argument("--quiet", action="store_true", help="Print nothing; only the exit status speaks.")
+        parser.add_argument(
+            "--quiet",
+            action="store_true",
+            help="No JSON; only the exit status speaks, plus the one-line reason when the server could not say yes.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         quiet: bool = options["quiet"]
@@ -198,11 +202,12 @@ class Command(BaseCommand):
             self.check_configuration(verbosity=options["verbosity"])
             with quiet_logger("health", quiet=quiet or options["verbosity"] < 2):
                 outcome = self.report(components, wait)
-        if not quiet:
-            if outcome.body is not None:
-                self.stdout.write(json.dumps(outcome.body))
-            if outcome.problem is not None:
-                self.stderr.write(f"health: {outcome.problem}")
+        if not quiet and outcome.body is not None:
+            self.stdout.write(json.dumps(outcome.body))
+        if outcome.problem is not None:
+            # Even with --quiet: a container's HEALTHCHECK keeps this line, and
+            # `docker inspect` shows it as the reason (one line, no host, no exception text).
+            self.stderr.write(f"health: {outcome.problem}")
         if not outcome.healthy:
             raise SystemExit(EXIT_DEGRADED)
 
