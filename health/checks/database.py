@@ -11,6 +11,7 @@ from django.db.migrations.loader import MigrationLoader
 from django.db.migrations.recorder import MigrationRecorder
 
 from health.checks.base import CheckFailed, Verdict
+from health.checks.reasons import database_reason
 from health.status import Component, DatabaseStatus
 
 
@@ -49,7 +50,7 @@ class DatabaseCheck:
             elapsed_ms = (time.perf_counter() - started) * 1000
             unapplied = self._known_migrations() - MigrationRecorder(connection).applied_migrations().keys()
         except DatabaseError as exc:
-            raise CheckFailed(DatabaseStatus.FATAL, type(exc).__name__) from exc
+            raise CheckFailed(DatabaseStatus.FATAL, database_reason(exc)) from exc
         finally:
             connection.close()
         if row is None or row[0] != 1:
