@@ -12,8 +12,9 @@ from pathlib import Path
 
 import dj_database_url
 
-from letraz.env import env
+from letraz.env import env, masked
 from letraz.sentry import init_sentry
+from letraz.version import SERVICE_VERSION
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -55,12 +56,17 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-DATABASES = {
-    "default": dj_database_url.parse(
-        env.string("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=0,
+_SQLITE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _database = dj_database_url.parse(env.string("DATABASE_URL", _SQLITE_URL), conn_max_age=0)
+except ValueError:  # an unknown scheme or an unparsable URL: letraz.E004 reports it
+    env.report(
+        "DATABASE_URL",
+        masked(env.string("DATABASE_URL")),
+        "a database URL such as postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH",
     )
-}
+    _database = dj_database_url.parse(_SQLITE_URL, conn_max_age=0)
+DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Without it a connect to a silent host blocks for about two minutes.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
@@ -100,6 +106,8 @@ SPECTACULAR_SETTINGS = {
         "optimizing your resume for ATS and recruiters, ensuring your skills and experience match the "
         "job's requirements."
     ),
+    # The contract's info.version: the version of the API document, fixed by the contract.
+    # The service's own version (SERVICE_VERSION, from pyproject.toml) may move without it.
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v[0-9]",
@@ -144,11 +152,11 @@ SPECTACULAR_SETTINGS = {
 }
 
 # --- Health ---------------------------------------------------------------------------------
-HEALTH_CHECK_TIMEOUT = env.number("HEALTH_CHECK_TIMEOUT", 0.5)
-HEALTH_DB_SLOW_MS = env.number("HEALTH_DB_SLOW_MS", 250)
+HEALTH_CHECK_TIMEOUT = env.number("HEALTH_CHECK_TIMEOUT", 0.5, unit="a number of seconds")
+HEALTH_DB_SLOW_MS = env.number("HEALTH_DB_SLOW_MS", 250, unit="a number of milliseconds")
 HEALTH_CRITICAL_COMPONENTS = env.items("HEALTH_CRITICAL_COMPONENTS", ("clerk", "db", "util_service"))
-HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0)
-HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0)
+HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0, unit="a number of seconds")
+HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0, unit="a number of seconds")
 HEALTH_DRAIN_FILE = env.string("HEALTH_DRAIN_FILE")
 INSTANCE_ID = env.string("INSTANCE_ID")
 
@@ -158,14 +166,16 @@ UTIL_GRPC_HOST = env.string("UTIL_GRPC_HOST")
 UTIL_GRPC_TLS = env.boolean("UTIL_GRPC_TLS", True)
 UTIL_GRPC_HEALTH_PROTOCOL = env.string("UTIL_GRPC_HEALTH_PROTOCOL", "letraz")
 
-PORT = env.integer("PORT", 8000)
-GRPC_PORT = env.integer("GRPC_PORT", 50051)
+PORT = env.integer("PORT", 8000, unit="a port number")
+GRPC_PORT = env.integer("GRPC_PORT", 50051, unit="a port number")
 
 # --- Sentry (on only when SENTRY_DSN is set; a bad DSN is reported, never fatal) --------
 SENTRY_DSN = env.string("SENTRY_DSN")
 SENTRY_ENVIRONMENT = env.string("SENTRY_ENVIRONMENT")
-SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0)
-init_sentry(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
+SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0, unit="a number from 0 to 1")
+init_sentry(
+    SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE, release=SERVICE_VERSION
+)
 
 # --- Logging: one line per change of a component's state -----------------------------
 LOGGING = {
@@ -176,3 +186,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"health": {"level": "INFO", "propagate": True}},
 }
+
+# --- Malformed variables (each fell back to its default above): letraz.E004 reports them --
+ENVIRONMENT_PROBLEMS = env.problems

@@ -6,9 +6,8 @@ import subprocess
 import sys
 
 import pytest
-from django.core.exceptions import ImproperlyConfigured
 
-from letraz.env import Env
+from letraz.env import Env, masked
 
 
 def test_unset_and_blank_variables_take_the_default() -> None:
@@ -29,15 +28,47 @@ def test_booleans_are_read_in_the_usual_spellings(text: str, expected: bool) -> 
 @pytest.mark.parametrize(
     ("method", "value", "message"),
     [
-        ("number", "fast", "HEALTH_X must be a number"),
-        ("number", "nan", "HEALTH_X must be a finite number"),
-        ("integer", "8000.5", "HEALTH_X must be a whole number"),
-        ("boolean", "maybe", "HEALTH_X must be true or false"),
+        ("number", "fast", "HEALTH_X is 'fast': expected a number, such as 1."),
+        ("number", "nan", "HEALTH_X is 'nan': expected a number, such as 1."),
+        ("integer", "8000.5", "HEALTH_X is '8000.5': expected a whole number, such as 1."),
+        ("boolean", "maybe", "HEALTH_X is 'maybe': expected true or false (also 1/0, yes/no, on/off)."),
     ],
 )
-def test_a_malformed_value_is_an_error_naming_the_variable(method: str, value: str, message: str) -> None:
-    with pytest.raises(ImproperlyConfigured, match=message):
-        getattr(Env({"HEALTH_X": value}), method)("HEALTH_X", 1)
+def test_a_malformed_value_gives_the_default_and_a_problem_naming_it(method: str, value: str, message: str) -> None:
+    env = Env({"HEALTH_X": value})
+    assert getattr(env, method)("HEALTH_X", 1) == 1
+    assert [problem.message for problem in env.problems] == [message]
+
+
+def test_the_unit_says_what_a_number_counts() -> None:
+    env = Env({"HEALTH_CHECK_TIMEOUT": "abc"})
+    env.number("HEALTH_CHECK_TIMEOUT", 0.5, unit="a number of seconds")
+    assert env.problems[0].message == "HEALTH_CHECK_TIMEOUT is 'abc': expected a number of seconds, such as 0.5."
+
+
+def test_a_variable_read_twice_is_one_problem() -> None:
+    env = Env({"PORT": "eighty"})
+    assert env.integer("PORT", 8000) == env.integer("PORT", 8000) == 8000
+    assert len(env.problems) == 1
+
+
+def test_a_long_value_is_cut_short_in_the_message() -> None:
+    env = Env({"HEALTH_X": "x" * 500})
+    env.number("HEALTH_X", 1)
+    assert len(env.problems[0].message) < 120
+
+
+@pytest.mark.parametrize(
+    ("secret", "shown"),
+    [
+        ("https://abc123key@o0.ingest.sentry.io/42", "'https://***@o0.ingest.sentry.io/42'"),
+        ("postgres://app:hunter2@db.internal:5432/letraz", "'postgres://***@db.internal:5432/letraz'"),
+        ("sk_live_abcdef", "<14 characters, masked>"),
+        ("http://[::1/x", "<13 characters, masked>"),
+    ],
+)
+def test_secrets_are_masked_never_shown(secret: str, shown: str) -> None:
+    assert masked(secret) == shown
 
 
 def test_lists_drop_blanks_and_empty_items() -> None:
@@ -56,7 +87,10 @@ def test_the_deploy_check_requires_a_secret_key_outside_debug() -> None:
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 1
     assert "letraz.E001" in result.stderr
-    assert "DJANGO_SECRET_KEY must be set in production" in result.stderr
+    assert (
+        "?: (letraz.E001) DJANGO_SECRET_KEY is not set: expected a long random secret in production "
+        "(or DJANGO_DEBUG=true for development, which uses a throwaway key)."
+    ) in result.stderr.splitlines()
     with_key = subprocess.run(
         command, env=env | {"DJANGO_SECRET_KEY": "k"}, capture_output=True, text=True, timeout=60, check=False
     )
@@ -80,10 +114,38 @@ def test_the_schema_can_be_generated_on_a_fresh_clone_without_any_variable() -> 
     assert "operationId: health_retrieve" in result.stdout
 
 
-def test_a_malformed_number_stops_the_process_at_start() -> None:
-    env = {"PATH": "/usr/bin:/bin", "DJANGO_SECRET_KEY": "x", "HEALTH_CHECK_TIMEOUT": "soon"}
-    result = subprocess.run(
+def check(**variables: str) -> subprocess.CompletedProcess[str]:
+    env = {"PATH": "/usr/bin:/bin", "DJANGO_SECRET_KEY": "x"} | variables
+    return subprocess.run(
         [sys.executable, "manage.py", "check"], env=env, capture_output=True, text=True, timeout=60, check=False
     )
-    assert result.returncode == 2
-    assert result.stderr == "Configuration error: HEALTH_CHECK_TIMEOUT must be a number, got 'soon'.\n"
+
+
+@pytest.mark.parametrize(
+    ("variables", "line"),
+    [
+        (
+            {"HEALTH_CHECK_TIMEOUT": "soon"},
+            "?: (letraz.E004) HEALTH_CHECK_TIMEOUT is 'soon': expected a number of seconds, such as 0.5.",
+        ),
+        ({"PORT": "eighty"}, "?: (letraz.E004) PORT is 'eighty': expected a port number, such as 8000."),
+        (
+            {"DATABASE_URL": "mysq://app:hunter2@db/letraz"},
+            "?: (letraz.E004) DATABASE_URL is 'mysq://***@db/letraz': expected a database URL such as "
+            "postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH.",
+        ),
+        (
+            {"SENTRY_DSN": "https://topsecretkey@o0.ingest.sentry.io/abc"},
+            "?: (letraz.E005) SENTRY_DSN is 'https://***@o0.ingest.sentry.io/abc': expected a DSN such as "
+            "https://PUBLIC_KEY@o0.ingest.sentry.io/PROJECT_ID (Invalid project in DSN ('abc')).",
+        ),
+    ],
+)
+def test_a_malformed_variable_is_a_check_error_with_an_id_and_exit_1(variables: dict[str, str], line: str) -> None:
+    result = check(**variables)
+    assert result.returncode == 1, result.stderr
+    assert line in result.stderr.splitlines(), result.stderr
+    assert "Traceback" not in result.stderr
+    assert "hunter2" not in result.stderr
+    assert "topsecretkey" not in result.stderr
+    assert "System check identified 1 issue" in result.stderr, "one problem, one message"
