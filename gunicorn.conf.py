@@ -49,6 +49,9 @@ def on_starting(server: Any) -> None:
     except (SystemCheckError, ImproperlyConfigured) as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
         raise SystemExit(2) from None
+    from letraz.version import SERVICE_VERSION
+
+    server.log.info("Starting letraz-health %s", SERVICE_VERSION)
 
 
 def post_worker_init(worker: Any) -> None:
