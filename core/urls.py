@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from django.urls import path
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
+from core.docs import OfflineRedocView, ServedSchemaView, redoc_bundle
 from core.views import HealthView, LivenessView, ReadinessView
 
 urlpatterns = [
@@ -17,7 +18,8 @@ urlpatterns = [
     path("health", HealthView.as_view(schema=None)),
     path("health/live", LivenessView.as_view(schema=None)),
     path("health/ready", ReadinessView.as_view(schema=None)),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", ServedSchemaView.as_view(), name="schema"),
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("schema/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
+    path("schema/redoc/redoc.standalone.js", redoc_bundle, name="redoc-bundle"),
 ]

@@ -1,10 +1,10 @@
-"""Say who answers: every response carries the service's version."""
+"""Every response: which version answered, and for ``HEAD``, no body."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from django.http import HttpRequest, HttpResponseBase
+from django.http import HttpRequest, HttpResponse, HttpResponseBase
 
 from letraz.version import SERVICE_VERSION
 
@@ -22,4 +22,23 @@ class ServiceVersionHeader:
     def __call__(self, request: HttpRequest) -> HttpResponseBase:
         response = self.get_response(request)
         response[VERSION_HEADER] = SERVICE_VERSION
+        return response
+
+
+class HeadWithoutBody:
+    """``HEAD`` gets the headers ``GET`` would get, ``Content-Length`` included, and no body.
+
+    Django's WSGI handler sends the body of a ``HEAD`` answer; gunicorn drops it and logs
+    "WSGI app sent body bytes on a no-body response" for every docs page so asked.
+    Streaming answers (static files) handle ``HEAD`` themselves and are left alone.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.method == "HEAD" and isinstance(response, HttpResponse) and response.content:
+            response["Content-Length"] = str(len(response.content))
+            response.content = b""
         return response

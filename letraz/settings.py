@@ -39,6 +39,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "letraz.middleware.ServiceVersionHeader",
+    "letraz.middleware.HeadWithoutBody",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -79,6 +80,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Served straight from the apps' static folders; STATIC_ROOT exists only after
 # collectstatic (the image runs it), so WhiteNoise's warning about it is noise.
 WHITENOISE_USE_FINDERS = True
+# Files served at the root: /favicon.ico, which every browser asks for (a 404 and a log
+# warning on every docs visit otherwise).
+WHITENOISE_ROOT = BASE_DIR / "letraz" / "public"
 warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 USE_TZ = True
@@ -149,6 +153,9 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Swagger UI's default badge asks validator.swagger.io about the schema: the docs
+    # must load nothing from outside this server (tests/browser/).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
 }
 
