@@ -55,6 +55,8 @@ class HealthService:
     clock: Clock = time.monotonic
     on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
+    _was_draining: bool = field(default=False, init=False, repr=False)
+    _drain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # A component never has two runs in flight, so this is at most one thread each.
@@ -99,8 +101,19 @@ class HealthService:
 
     @property
     def draining(self) -> bool:
-        """True while the drain file exists: readiness says no, liveness still yes."""
-        return self.drain_file is not None and self.drain_file.exists()
+        """True while the drain file exists: readiness says no, liveness still yes.
+
+        The first answer after the file appears or goes logs one line (per process).
+        """
+        draining = self.drain_file is not None and self.drain_file.exists()
+        with self._drain_lock:
+            changed, self._was_draining = draining != self._was_draining, draining
+        if changed:
+            if draining:
+                logger.warning("Draining: readiness answers 503 while HEALTH_DRAIN_FILE exists")
+            else:
+                logger.info("Draining ended: readiness follows the components again")
+        return draining
 
     def warm_up(self) -> None:
         """Start every check in the background so the first probe finds results."""
