@@ -28,6 +28,16 @@ def test_the_version_is_pyprojects() -> None:
     assert SERVICE_VERSION == PYPROJECT_VERSION
 
 
+def test_the_image_carries_the_file_the_version_comes_from() -> None:
+    # The image runs from /app without installing the project: without pyproject.toml
+    # there, every face would say "unknown".
+    final_stage = (REPO / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    copies = [
+        line.split()[1:-1] for line in final_stage.splitlines() if line.startswith("COPY ") and "--from" not in line
+    ]
+    assert any("pyproject.toml" in sources for sources in copies), copies
+
+
 def test_a_bumped_pyproject_is_read_as_it_is_now(tmp_path: Path) -> None:
     pyproject = tmp_path / "pyproject.toml"
     pyproject.write_text('[project]\nname = "letraz-health"\nversion = "9.9.9"\n')
