@@ -37,7 +37,10 @@ def _missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: while Playwright's sync API is open its event loop counts
+# as running in this thread, and Django then refuses database calls in every later test
+# ("You cannot call this from an async context").
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     problem = _missing()
     if problem is not None:
