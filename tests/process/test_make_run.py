@@ -69,6 +69,7 @@ def path_without_gnu_timeout(directory: Path) -> str:
 
 
 @pytest.mark.skipif(shutil.which("make") is None or shutil.which("git") is None, reason="make or git is missing")
+@pytest.mark.timeout(360)  # a fresh venv and the runtime lock: pip takes its time on a loaded machine
 def test_make_run_on_a_fresh_clone_with_a_broken_setting_stops_with_one_message(tmp_path: Path) -> None:
     clone = tmp_path / "clone"
     subprocess.run(["git", "clone", "--quiet", str(REPO), str(clone)], check=True, timeout=60)
