@@ -67,7 +67,8 @@ COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 # Only what runs; everything else is kept out by listing, not by .dockerignore
 # alone. Files stay root-owned and read-only for the runtime user.
-COPY manage.py gunicorn.conf.py ./
+# pyproject.toml: the service's version (letraz/version.py), as the project is not pip-installed.
+COPY manage.py gunicorn.conf.py pyproject.toml ./
 COPY letraz ./letraz
 COPY core ./core
 COPY health ./health

@@ -4,29 +4,43 @@
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed-dev
+# `make run` needs only what the server imports; `make test` adds the tools (the dev lock
+# holds the runtime lock's versions too).
+RUNTIME_STAMP := $(VENV)/.installed-runtime
+DEV_STAMP := $(VENV)/.installed-dev
+PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes
 PORT ?= 8000
 export PORT
 
-.PHONY: install run migrate test lint typecheck checkov schema proto bench clean
+.PHONY: install install-runtime run migrate test lint typecheck checkov schema proto bench clean
 
-install: $(STAMP)
+install: $(DEV_STAMP)
+install-runtime: $(RUNTIME_STAMP)
 
-$(STAMP): requirements-dev.lock
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements-dev.lock
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): requirements.lock | $(VENV)/bin/python
+	$(PIP_INSTALL) -r requirements.lock
 	@touch $@
 
-# Migrations get 30 s: a database that is down or hangs is reported, and the server
-# starts anyway (its health endpoint then says db FATAL).
-migrate: install
-	@timeout 30 $(BIN)/python manage.py migrate --noinput \
-	  || echo "make run: migrations did not run (is the database reachable?); serving anyway." >&2
+$(DEV_STAMP): requirements-dev.lock | $(VENV)/bin/python
+	$(PIP_INSTALL) -r requirements-dev.lock
+	@touch $@
 
-# Without DJANGO_SECRET_KEY, development mode (DJANGO_DEBUG=true) with a throwaway key.
+# Migrations get 30 s (bounded in Python: no GNU timeout needed): a database that is down
+# or hangs is reported, and the server starts anyway (its health endpoint then says db FATAL).
+migrate: install-runtime
+	@$(BIN)/python -c 'import sys; from letraz.prestart import migrate; p = migrate(); p and print("make migrate:", p, file=sys.stderr)'
+
+# Without DJANGO_SECRET_KEY, development mode (DJANGO_DEBUG=true) with a throwaway key; it
+# listens on 127.0.0.1 only (Django's debug pages are for this machine) unless BIND_HOST
+# says otherwise (BIND_HOST=0.0.0.0). The configuration is checked before anything else.
 run: export DJANGO_DEBUG := $(or $(DJANGO_DEBUG),$(if $(DJANGO_SECRET_KEY),false,true))
-run: migrate
-	exec $(BIN)/gunicorn -c gunicorn.conf.py letraz.wsgi:application
+run: LISTEN = $(or $(BIND_HOST),$(if $(filter true True TRUE 1 yes on,$(DJANGO_DEBUG)),127.0.0.1,0.0.0.0))
+run: install-runtime
+	@$(BIN)/python -m letraz.prestart
+	exec $(BIN)/gunicorn -c gunicorn.conf.py --bind $(LISTEN):$(PORT) letraz.wsgi:application
 
 lint: install
 	$(BIN)/ruff check .

@@ -39,6 +39,10 @@ keepalive = 5
 # SCRIPT_NAME or PATH_INFO (the app lives at /); a header whose name has "_" (which would
 # collide with a "-" one in the WSGI environ) is refused with a 400.
 forwarded_allow_ips = ",".join(_trusted_proxies)
+# A fixed proxy prefix comes from the server's own environment, never from a request:
+# SCRIPT_NAME=/letraz serves /letraz/api/... as SCRIPT_NAME /letraz + PATH_INFO /api/...
+# (the ASGI root_path, which a2wsgi strips from the path).
+root_path = env.string("SCRIPT_NAME")
 forwarder_headers = ""
 header_map = "refuse"
 accesslog = "-"
@@ -66,6 +70,9 @@ def on_starting(server: Any) -> None:
     except (SystemCheckError, ImproperlyConfigured) as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
         raise SystemExit(2) from None
+    from letraz.version import SERVICE_VERSION
+
+    server.log.info("Starting letraz-health %s", SERVICE_VERSION)
 
 
 def post_worker_init(worker: Any) -> None:

@@ -42,6 +42,7 @@ from google.protobuf import empty_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from core.grpc_version import VersionMetadataInterceptor
 from core.proto import core_health_pb2, core_health_pb2_grpc
 from health.conf import health_settings
 from health.service import HealthReport, HealthService, failure_body, get_health_service, is_ready
@@ -273,7 +274,12 @@ class HealthGrpcServer:
         publish_every: float | None = None,
     ) -> None:
         self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server")
-        self.server = grpc.server(self._executor, maximum_concurrent_rpcs=max_concurrent_rpcs, options=SERVER_OPTIONS)
+        self.server = grpc.server(
+            self._executor,
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            options=SERVER_OPTIONS,
+            interceptors=[VersionMetadataInterceptor()],
+        )
         self.health = LetrazHealthServicer()
         logging.getLogger("grpc._common").addFilter(_client_error_filter)
         interval = publish_interval(health_settings.cache_ttl) if publish_every is None else publish_every

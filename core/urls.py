@@ -11,8 +11,9 @@ import functools
 
 from django.core.signals import setting_changed
 from django.urls import Resolver404, path, resolve
-from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
+from core.docs import OfflineRedocView, ServedSchemaView, redoc_bundle
 from core.views import HealthView, LivenessView, ReadinessView
 
 urlpatterns = [
@@ -25,9 +26,10 @@ urlpatterns = [
     path("health", HealthView.as_view(schema=None), name="health-noslash"),
     path("health/live", LivenessView.as_view(schema=None), name="health-live-noslash"),
     path("health/ready", ReadinessView.as_view(schema=None), name="health-ready-noslash"),
-    path("schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("schema/", ServedSchemaView.as_view(), name="schema"),
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
-    path("schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    path("schema/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
+    path("schema/redoc/redoc.standalone.js", redoc_bundle, name="redoc-bundle"),
 ]
 
 #: The probes: never traced, not in the access log, answered whatever the ``Host``.

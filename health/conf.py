@@ -34,19 +34,26 @@ class GrpcTarget:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
 
 
+#: What a ``UTIL_GRPC_HOST`` looks like, for the messages.
+GRPC_TARGET_EXAMPLE = "host:port, such as util:8080 ([::1]:8080 for IPv6)"
+
+
 def parse_grpc_target(value: str) -> GrpcTarget:
-    """Parse ``host:port`` (``[v6]:port`` for IPv6); raise ``ValueError`` otherwise."""
+    """Parse ``host:port`` (``[v6]:port`` for IPv6); raise ``ValueError`` saying what is expected."""
     host, sep, port_text = value.rpartition(":")
     if not sep or not host or not port_text.isdigit():
-        raise ValueError("expected host:port")
+        raise ValueError(GRPC_TARGET_EXAMPLE)
     port = int(port_text)
     if not 0 < port < 65536:
-        raise ValueError("port must be between 1 and 65535")
+        raise ValueError("host:port with a port from 1 to 65535")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
-        ipaddress.IPv6Address(host)  # raises ValueError
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("host:port with a valid IPv6 address in the brackets") from None
     elif not _HOSTNAME.match(host):
-        raise ValueError("not a valid host name")
+        raise ValueError(f"{GRPC_TARGET_EXAMPLE}; the host is not a valid host name")
     return GrpcTarget(host, port)
 
 
@@ -157,58 +164,123 @@ class HealthSettings:
         return frozenset(Component(n) for n in self.readiness_component_names if n in known)
 
     @property
+    def cache_ttl_overrides(self) -> dict[Component, float]:
+        """The ``HEALTH_CACHE_TTL_<COMPONENT>`` that are set, by component."""
+        overrides: dict[str, float] = getattr(settings, "HEALTH_CACHE_TTL_OVERRIDES", {})
+        return {c: float(overrides[c.value]) for c in Component if c.value in overrides}
+
+    @property
     def cache_ttls(self) -> dict[Component, float]:
         """Each component's TTL: ``HEALTH_CACHE_TTL_<COMPONENT>`` if set, else ``HEALTH_CACHE_TTL``."""
-        overrides: dict[str, float] = getattr(settings, "HEALTH_CACHE_TTL_OVERRIDES", {})
-        return {c: float(overrides.get(c.value, self.cache_ttl)) for c in Component}
+        return {c: self.cache_ttl_overrides.get(c, self.cache_ttl) for c in Component}
 
 
 health_settings = HealthSettings()
 
 
+def _shown(value: object) -> str:
+    """A setting's value as a message quotes it: numbers plain, text quoted."""
+    if isinstance(value, float | int) and not isinstance(value, bool):
+        return f"{value:g}"
+    return repr(value)
+
+
+def _shown_url(value: str) -> str:
+    """A URL as a message may show it: not when it carries credentials."""
+    return f"<{len(value)} characters, masked: it has credentials>" if "@" in value else repr(value)
+
+
 def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[str, str]]:
-    """Each misconfiguration as ``(check id, message)``; empty when all is well."""
+    """Each misconfiguration as ``(check id, message)``; empty when all is well.
+
+    Every message is one line: the variable, its value (no secret of this app is among
+    these), and what is expected.
+    """
     errors: list[tuple[str, str]] = []
     if conf.check_timeout <= 0:
-        errors.append(("health.E001", "HEALTH_CHECK_TIMEOUT must be a positive number of seconds."))
+        errors.append(
+            (
+                "health.E001",
+                f"HEALTH_CHECK_TIMEOUT is {_shown(conf.check_timeout)}: expected a positive number of seconds, "
+                "such as 0.5.",
+            )
+        )
     if conf.db_slow_ms <= 0:
-        errors.append(("health.E002", "HEALTH_DB_SLOW_MS must be a positive number of milliseconds."))
+        errors.append(
+            (
+                "health.E002",
+                f"HEALTH_DB_SLOW_MS is {_shown(conf.db_slow_ms)}: expected a positive number of milliseconds, "
+                "such as 250.",
+            )
+        )
     if conf.util_grpc_host:
         try:
             parse_grpc_target(conf.util_grpc_host)
         except ValueError as exc:
-            errors.append(("health.E003", f"UTIL_GRPC_HOST must be host:port ({exc})."))
+            errors.append(("health.E003", f"UTIL_GRPC_HOST is {_shown(conf.util_grpc_host)}: expected {exc}."))
     known = [c.value for c in Component]
     unknown = [n for n in conf.critical_component_names if n not in known]
     if unknown:
         errors.append(
             (
                 "health.E004",
-                f"HEALTH_CRITICAL_COMPONENTS names unknown component(s) {', '.join(map(repr, unknown))};"
-                f" known: {', '.join(known)}.",
+                f"HEALTH_CRITICAL_COMPONENTS is {_shown(','.join(conf.critical_component_names))}: expected "
+                f"comma-separated names among {', '.join(known)}; unknown: {', '.join(map(repr, unknown))}.",
             )
         )
     if conf.util_grpc_health_protocol not in UTIL_PROTOCOLS:
-        errors.append(("health.E005", f"UTIL_GRPC_HEALTH_PROTOCOL must be one of {', '.join(UTIL_PROTOCOLS)}."))
+        errors.append(
+            (
+                "health.E005",
+                f"UTIL_GRPC_HEALTH_PROTOCOL is {_shown(conf.util_grpc_health_protocol)}: expected "
+                f"{' or '.join(UTIL_PROTOCOLS)}.",
+            )
+        )
     if conf.cache_ttl < 0:
-        errors.append(("health.E006", "HEALTH_CACHE_TTL must be zero or more seconds."))
+        errors.append(
+            ("health.E006", f"HEALTH_CACHE_TTL is {_shown(conf.cache_ttl)}: expected zero or more seconds, such as 5.")
+        )
     if conf.max_staleness < conf.cache_ttl:
-        errors.append(("health.E007", "HEALTH_MAX_STALENESS must be at least HEALTH_CACHE_TTL."))
+        errors.append(
+            (
+                "health.E007",
+                f"HEALTH_MAX_STALENESS is {_shown(conf.max_staleness)}: expected at least HEALTH_CACHE_TTL "
+                f"({_shown(conf.cache_ttl)}) seconds.",
+            )
+        )
     if not _is_http_url(conf.clerk_api_url):
-        errors.append(("health.E008", "CLERK_API_URL must be an http(s) URL."))
+        errors.append(
+            (
+                "health.E008",
+                f"CLERK_API_URL is {_shown_url(conf.clerk_api_url)}: expected an http(s) URL, "
+                "such as https://api.clerk.com/v1.",
+            )
+        )
     if conf.event_interval < 0:
-        errors.append(("health.E009", "HEALTH_EVENT_INTERVAL must be zero or more seconds."))
+        errors.append(
+            (
+                "health.E009",
+                f"HEALTH_EVENT_INTERVAL is {_shown(conf.event_interval)}: expected zero or more seconds, such as 600.",
+            )
+        )
     unknown = [n for n in conf.readiness_component_names if n not in known]
     if unknown:
         errors.append(
             (
                 "health.E010",
-                f"HEALTH_READINESS_COMPONENTS names unknown component(s) {', '.join(map(repr, unknown))};"
-                f" known: {', '.join(known)}.",
+                f"HEALTH_READINESS_COMPONENTS is {_shown(','.join(conf.readiness_component_names))}: expected "
+                f"comma-separated names among {', '.join(known)}; unknown: {', '.join(map(repr, unknown))}.",
             )
         )
-    for component, ttl in conf.cache_ttls.items():
+    # Only the TTLs set on their own: one that follows HEALTH_CACHE_TTL is E006/E007's.
+    for component, ttl in conf.cache_ttl_overrides.items():
         if not 0 <= ttl <= conf.max_staleness:
             name = f"HEALTH_CACHE_TTL_{component.value.upper()}"
-            errors.append(("health.E011", f"{name} must be between 0 and HEALTH_MAX_STALENESS seconds."))
+            errors.append(
+                (
+                    "health.E011",
+                    f"{name} is {_shown(ttl)}: expected 0 to HEALTH_MAX_STALENESS ({_shown(conf.max_staleness)}) "
+                    "seconds.",
+                )
+            )
     return errors

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 import time
@@ -27,6 +28,8 @@ from health.runner import (
     PendingRun,
 )
 from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus
+
+logger = logging.getLogger("health")
 
 __all__ = [
     "CheckResult",
@@ -81,6 +84,8 @@ class HealthService:
     ttls: Mapping[Component, float] = field(default_factory=dict)
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
     _notifier: Notifier = field(init=False, repr=False)
+    _was_draining: bool = field(default=False, init=False, repr=False)
+    _drain_lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def __post_init__(self) -> None:
         # At most two runs per component at any time (the current and one abandoned).
@@ -130,8 +135,19 @@ class HealthService:
 
     @property
     def draining(self) -> bool:
-        """True while the drain file exists: readiness says no, liveness still yes."""
-        return self.drain_file is not None and self.drain_file.exists()
+        """True while the drain file exists: readiness says no, liveness still yes.
+
+        The first answer after the file appears or goes logs one line (per process).
+        """
+        draining = self.drain_file is not None and self.drain_file.exists()
+        with self._drain_lock:
+            changed, self._was_draining = draining != self._was_draining, draining
+        if changed:
+            if draining:
+                logger.warning("Draining: readiness answers 503 while HEALTH_DRAIN_FILE exists")
+            else:
+                logger.info("Draining ended: readiness answers for this instance again")
+        return draining
 
     def warm_up(self) -> None:
         """Start every check in the background so the first probe finds results."""

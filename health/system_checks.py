@@ -15,14 +15,17 @@ def check_health_settings(app_configs: Any = None, **kwargs: Any) -> list[Error 
     if health_settings.check_timeout >= 1:
         messages.append(
             Warning(
-                "HEALTH_CHECK_TIMEOUT is 1 s or more: probes with Kubernetes' default 1 s timeout will fail.",
+                f"HEALTH_CHECK_TIMEOUT is {health_settings.check_timeout:g}: probes with Kubernetes' default "
+                "1 s timeout will fail; expected less than 1 second, such as 0.5.",
                 id="health.W001",
             )
         )
-    if not health_settings.critical_components:
+    # Only when truly empty: unknown names are health.E004, and "empty" would contradict it.
+    if not health_settings.critical_component_names:
         messages.append(
             Warning(
-                "HEALTH_CRITICAL_COMPONENTS is empty: the status is always OPERATIONAL.",
+                "HEALTH_CRITICAL_COMPONENTS is empty: the status is always OPERATIONAL; "
+                "expected the components that decide it, such as clerk,db,util_service.",
                 id="health.W002",
             )
         )

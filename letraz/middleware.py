@@ -1,6 +1,11 @@
-"""The edge of the application: hostile requests get a short answer and nothing else.
+"""The edge of the application: who answers, HEAD without a body, hostile requests.
 
-:class:`EdgeMiddleware` runs first:
+Hostile requests get a short answer and nothing else.
+
+:class:`ServiceVersionHeader` (outermost) puts ``X-Letraz-Version`` on every response;
+:class:`HeadWithoutBody` strips ``HEAD`` bodies so gunicorn never warns about them.
+
+:class:`EdgeMiddleware` runs next:
 
 * a probe (``core.urls.is_probe_path``) is answered whatever its ``Host``: the kubelet
   sends the pod IP, Docker's health check ``127.0.0.1``; neither is a name the public
@@ -23,11 +28,12 @@ from collections.abc import Callable
 
 from django.conf import settings
 from django.core.exceptions import DisallowedHost
-from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.views.defaults import bad_request
 
 from core.urls import is_probe_path
 from letraz.proxies import FORWARDED_HEADERS, is_trusted
+from letraz.version import SERVICE_VERSION
 
 logger = logging.getLogger("letraz.edge")
 
@@ -117,3 +123,39 @@ class HostileRequestLogFilter(logging.Filter):
             record.levelno, record.levelname = logging.WARNING, logging.getLevelName(logging.WARNING)
             record.exc_info, record.exc_text, record.stack_info = None, None, None
         return True
+
+
+#: The header, on every response (the probes' included): which release answered, so that a
+#: rollout can be watched from the outside and a report tied to the code that made it.
+VERSION_HEADER = "X-Letraz-Version"
+
+
+class ServiceVersionHeader:
+    """Outermost middleware: errors and Django's own pages carry the header too."""
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        response[VERSION_HEADER] = SERVICE_VERSION
+        return response
+
+
+class HeadWithoutBody:
+    """``HEAD`` gets the headers ``GET`` would get, ``Content-Length`` included, and no body.
+
+    Django's WSGI handler sends the body of a ``HEAD`` answer; gunicorn drops it and logs
+    "WSGI app sent body bytes on a no-body response" for every docs page so asked.
+    Streaming answers (static files) handle ``HEAD`` themselves and are left alone.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        response = self.get_response(request)
+        if request.method == "HEAD" and isinstance(response, HttpResponse) and response.content:
+            response["Content-Length"] = str(len(response.content))
+            response.content = b""
+        return response

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from django.core.exceptions import ImproperlyConfigured
-
-from letraz.env import Env, env
+from letraz.env import Env, env, shown
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -33,15 +31,21 @@ FORWARDED_HEADERS = (
 
 
 def trusted_proxies(source: Env = env) -> tuple[str, ...]:
-    """``FORWARDED_ALLOW_IPS``: addresses or CIDR networks; empty (nobody) by default."""
+    """``FORWARDED_ALLOW_IPS``: addresses or CIDR networks; empty (nobody) by default.
+
+    A malformed list is a problem reported like any malformed variable (``letraz.E004``,
+    so the server refuses to start) and trusts nobody meanwhile.
+    """
     items = source.items("FORWARDED_ALLOW_IPS")
     for item in items:
         if item == "*":
-            raise ImproperlyConfigured("FORWARDED_ALLOW_IPS must name the proxies; '*' would trust every client.")
+            source.report("FORWARDED_ALLOW_IPS", shown(item), "the proxies' addresses; '*' would trust every client")
+            return ()
         try:
             ipaddress.ip_network(item)
         except ValueError:
-            raise ImproperlyConfigured(f"FORWARDED_ALLOW_IPS must be IP addresses or networks, got {item!r}.") from None
+            source.report("FORWARDED_ALLOW_IPS", shown(item), "IP addresses or networks, such as 10.0.0.0/8")
+            return ()
     return items
 
 

@@ -1,8 +1,10 @@
 """Sentry's one initialisation for the whole process, and what became of it.
 
-``settings.py`` calls :func:`init_sentry` when ``SENTRY_DSN`` is set. A malformed DSN
-must never stop the server, so the error is kept (class name only) for the ``sentry``
-health check to report as ``FAILED``.
+``settings.py`` calls :func:`init_sentry` when ``SENTRY_DSN`` is set; it never raises.
+A malformed DSN is a configuration error (the system check ``letraz.E005``, with
+:func:`dsn_problem`'s words), so gunicorn and the CLI refuse to start on it; a process
+that runs anyway keeps the error (class name only) for the ``sentry`` health check to
+report as ``FAILED``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from sentry_sdk.integrations.django import DjangoIntegration
 from sentry_sdk.integrations.logging import ignore_logger
 from sentry_sdk.integrations.modules import ModulesIntegration
 from sentry_sdk.scrubber import EventScrubber
+from sentry_sdk.utils import BadDsn, Dsn
 
 logger = logging.getLogger(__name__)
 
@@ -52,7 +55,22 @@ def traces_sampler_for(rate: float) -> Callable[[dict[str, Any]], float]:
     return sampler
 
 
-def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 0.0) -> SentrySetup:
+def dsn_problem(dsn: str) -> str | None:
+    """Why ``dsn`` is not a DSN the SDK accepts (its own short words), or None.
+
+    The SDK's messages name the defect ("Missing public key", "Unsupported scheme
+    'ftp'"), never the key.
+    """
+    try:
+        Dsn(dsn)
+    except BadDsn as exc:
+        return str(exc) or type(exc).__name__
+    return None
+
+
+def init_sentry(
+    dsn: str, *, environment: str = "", traces_sample_rate: float = 0.0, release: str | None = None
+) -> SentrySetup:
     """Initialise the SDK once; never raise. Returns (and keeps) the outcome."""
     global setup
     if not dsn:
@@ -61,6 +79,8 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
     options: dict[str, Any] = {
         "dsn": dsn,
         "environment": environment or None,
+        # Which version sent the event: the same one the probes' header and the CLI say.
+        "release": release,
         # Spans for every middleware and signal are what makes the Django integration
         # expensive; the request transaction alone is enough here.
         "integrations": [DjangoIntegration(middleware_spans=False, signals_spans=False, cache_spans=False)],
@@ -79,9 +99,12 @@ def init_sentry(dsn: str, *, environment: str = "", traces_sample_rate: float = 
     ignore_logger("django.security.*")
     try:
         sentry_sdk.init(**options)
-    except Exception as exc:  # BadDsn is a ValueError; any failure must not stop start-up.
+    except BadDsn as exc:
+        # No line here: the system check letraz.E005 says what is wrong with the DSN, once,
+        # and gunicorn and the CLI refuse to start on it (a traceback here said nothing more).
         setup = SentrySetup(attempted=True, error=type(exc).__name__)
-        # The traceback stays in the logs (a DSN is never in it: BadDsn names no value).
+    except Exception as exc:  # Any other failure must not stop start-up.
+        setup = SentrySetup(attempted=True, error=type(exc).__name__)
         logger.warning("Sentry could not be initialised (%s); running without it.", type(exc).__name__, exc_info=True)
     else:
         setup = SentrySetup(attempted=True)

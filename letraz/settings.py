@@ -13,9 +13,10 @@ from pathlib import Path
 import dj_database_url
 
 from health.status import Component
-from letraz.env import env
+from letraz.env import env, masked
 from letraz.proxies import trusted_proxies
 from letraz.sentry import init_sentry
+from letraz.version import SERVICE_VERSION
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -40,6 +41,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "letraz.middleware.ServiceVersionHeader",
+    "letraz.middleware.HeadWithoutBody",
     # First: hostile requests end here (400, one WARNING line), and errors under /api/ are JSON.
     "letraz.middleware.EdgeMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -60,12 +63,17 @@ TEMPLATES = [
 ]
 
 # --- Database ---------------------------------------------------------------------------
-DATABASES = {
-    "default": dj_database_url.parse(
-        env.string("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=0,
+_SQLITE_URL = f"sqlite:///{BASE_DIR / 'db.sqlite3'}"
+try:
+    _database = dj_database_url.parse(env.string("DATABASE_URL", _SQLITE_URL), conn_max_age=0)
+except ValueError:  # an unknown scheme or an unparsable URL: letraz.E004 reports it
+    env.report(
+        "DATABASE_URL",
+        masked(env.string("DATABASE_URL")),
+        "a database URL such as postgres://USER:PASSWORD@HOST:5432/NAME or sqlite:///PATH",
     )
-}
+    _database = dj_database_url.parse(_SQLITE_URL, conn_max_age=0)
+DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Without it a connect to a silent host blocks for about two minutes.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
@@ -77,6 +85,9 @@ STATIC_ROOT = BASE_DIR / "staticfiles"
 # Served straight from the apps' static folders; STATIC_ROOT exists only after
 # collectstatic (the image runs it), so WhiteNoise's warning about it is noise.
 WHITENOISE_USE_FINDERS = True
+# Files served at the root: /favicon.ico, which every browser asks for (a 404 and a log
+# warning on every docs visit otherwise).
+WHITENOISE_ROOT = BASE_DIR / "letraz" / "public"
 warnings.filterwarnings("ignore", message="No directory at: ", category=UserWarning)
 
 USE_TZ = True
@@ -109,6 +120,8 @@ SPECTACULAR_SETTINGS = {
         "optimizing your resume for ATS and recruiters, ensuring your skills and experience match the "
         "job's requirements."
     ),
+    # The contract's info.version: the version of the API document, fixed by the contract.
+    # The service's own version (SERVICE_VERSION, from pyproject.toml) may move without it.
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
     "SCHEMA_PATH_PREFIX": r"/api/v[0-9]",
@@ -149,18 +162,21 @@ SPECTACULAR_SETTINGS = {
     "POSTPROCESSING_HOOKS": [],
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    # Swagger UI's default badge asks validator.swagger.io about the schema: the docs
+    # must load nothing from outside this server (tests/browser/).
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "REDOC_DIST": "SIDECAR",
 }
 
 # --- Health ---------------------------------------------------------------------------------
-HEALTH_CHECK_TIMEOUT = env.number("HEALTH_CHECK_TIMEOUT", 0.5)
-HEALTH_DB_SLOW_MS = env.number("HEALTH_DB_SLOW_MS", 250)
+HEALTH_CHECK_TIMEOUT = env.number("HEALTH_CHECK_TIMEOUT", 0.5, unit="a number of seconds")
+HEALTH_DB_SLOW_MS = env.number("HEALTH_DB_SLOW_MS", 250, unit="a number of milliseconds")
 HEALTH_CRITICAL_COMPONENTS = env.items("HEALTH_CRITICAL_COMPONENTS", ("clerk", "db", "util_service"))
-HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0)
+HEALTH_CACHE_TTL = env.number("HEALTH_CACHE_TTL", 5.0, unit="a number of seconds")
 # HEALTH_CACHE_TTL_<COMPONENT> (e.g. HEALTH_CACHE_TTL_CLERK): that dependency's budget;
 # only the ones set are kept, the rest follow HEALTH_CACHE_TTL.
 HEALTH_CACHE_TTL_OVERRIDES = {
-    c.value: env.number(f"HEALTH_CACHE_TTL_{c.value.upper()}", HEALTH_CACHE_TTL)
+    c.value: env.number(f"HEALTH_CACHE_TTL_{c.value.upper()}", HEALTH_CACHE_TTL, unit="a number of seconds")
     for c in Component
     if env.raw(f"HEALTH_CACHE_TTL_{c.value.upper()}") is not None
 }
@@ -168,7 +184,7 @@ HEALTH_CACHE_TTL_OVERRIDES = {
 # the database and the util service are shared by every pod, so failing readiness on them
 # would empty the Service at once (see README, "Readiness").
 HEALTH_READINESS_COMPONENTS = env.items("HEALTH_READINESS_COMPONENTS", ())
-HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0)
+HEALTH_MAX_STALENESS = env.number("HEALTH_MAX_STALENESS", 30.0, unit="a number of seconds")
 HEALTH_DRAIN_FILE = env.string("HEALTH_DRAIN_FILE")
 # At most one Sentry event per component per this many seconds while it flaps.
 HEALTH_EVENT_INTERVAL = env.number("HEALTH_EVENT_INTERVAL", 600.0)
@@ -180,14 +196,16 @@ UTIL_GRPC_HOST = env.string("UTIL_GRPC_HOST")
 UTIL_GRPC_TLS = env.boolean("UTIL_GRPC_TLS", True)
 UTIL_GRPC_HEALTH_PROTOCOL = env.string("UTIL_GRPC_HEALTH_PROTOCOL", "letraz")
 
-PORT = env.integer("PORT", 8000)
-GRPC_PORT = env.integer("GRPC_PORT", 50051)
+PORT = env.integer("PORT", 8000, unit="a port number")
+GRPC_PORT = env.integer("GRPC_PORT", 50051, unit="a port number")
 
 # --- Sentry (on only when SENTRY_DSN is set; a bad DSN is reported, never fatal) --------
 SENTRY_DSN = env.string("SENTRY_DSN")
 SENTRY_ENVIRONMENT = env.string("SENTRY_ENVIRONMENT")
-SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0)
-init_sentry(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
+SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0, unit="a number from 0 to 1")
+init_sentry(
+    SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE, release=SERVICE_VERSION
+)
 
 # --- Logging: one line per change of a component's state -----------------------------
 LOGGING = {
@@ -201,3 +219,6 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": "WARNING"},
     "loggers": {"health": {"level": "INFO", "propagate": True}},
 }
+
+# --- Malformed variables (each fell back to its default above): letraz.E004 reports them --
+ENVIRONMENT_PROBLEMS = env.problems

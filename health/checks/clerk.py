@@ -11,6 +11,7 @@ from clerk_backend_api import Clerk
 from clerk_backend_api.models import ClerkBaseError, NoResponseError, ResponseValidationError
 
 from health.checks.base import CheckFailed, Verdict
+from health.checks.reasons import http_reason, http_status_reason
 from health.status import ClerkStatus, Component
 
 #: The client's own timeout; every call passes the run's time limit instead.
@@ -52,13 +53,13 @@ class ClerkCheck:
         except ResponseValidationError as exc:
             raise CheckFailed(ClerkStatus.DOWN, "unreadable answer") from exc
         except ClerkBaseError as exc:
-            raise CheckFailed(ClerkStatus.DOWN, f"HTTP {exc.status_code}") from exc
+            raise CheckFailed(ClerkStatus.DOWN, http_status_reason(exc.status_code)) from exc
         except NoResponseError as exc:
             raise CheckFailed(ClerkStatus.DOWN, "no response") from exc
         except httpx.TimeoutException as exc:
-            raise CheckFailed(ClerkStatus.DOWN, f"timeout after {timeout:g} s") from exc
+            raise CheckFailed(ClerkStatus.DOWN, http_reason(exc, timeout)) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
-            raise CheckFailed(ClerkStatus.DOWN, type(exc).__name__) from exc
+            raise CheckFailed(ClerkStatus.DOWN, http_reason(exc, timeout)) from exc
         except (pydantic.ValidationError, ValueError) as exc:
             raise CheckFailed(ClerkStatus.DOWN, "unreadable answer") from exc
         if jwks.keys is None:

@@ -19,6 +19,7 @@ from psycopg import pq
 from psycopg.conninfo import make_conninfo
 
 from health.checks.base import CheckFailed, Verdict
+from health.checks.reasons import database_reason, libpq_reason
 from health.status import Component, DatabaseStatus
 
 #: Django's OPTIONS that are not libpq connection parameters.
@@ -123,7 +124,8 @@ class DatabaseCheck:
             results = _results(pgconn, deadline, timeout)
             query_ms = (time.monotonic() - started) * 1000
         except psycopg.Error as exc:  # the connection broke (reset, closed) mid-way
-            raise CheckFailed(DatabaseStatus.FATAL, type(exc).__name__) from exc
+            reason = libpq_reason(pgconn.error_message, fallback="connection closed by the server")
+            raise CheckFailed(DatabaseStatus.FATAL, reason) from exc
         finally:
             pgconn.finish()
         result = results[-1] if results else None
@@ -131,7 +133,8 @@ class DatabaseCheck:
             sqlstate = (result.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
             if read_migrations and sqlstate == _UNDEFINED_TABLE:
                 return frozenset(), query_ms  # a database nobody migrated yet
-            raise CheckFailed(DatabaseStatus.FATAL, _error_name(sqlstate))
+            message = result.error_field(pq.DiagnosticField.MESSAGE_PRIMARY)
+            raise CheckFailed(DatabaseStatus.FATAL, libpq_reason(message, sqlstate, fallback=_error_name(sqlstate)))
         if result is None or result.status != pq.ExecStatus.TUPLES_OK:
             raise CheckFailed(DatabaseStatus.FATAL, "SELECT 1 gave an unexpected answer")
         if read_migrations:
@@ -153,7 +156,7 @@ class DatabaseCheck:
             query_ms = (time.perf_counter() - started) * 1000
             applied = None if self._all_applied else frozenset(MigrationRecorder(connection).applied_migrations())
         except DatabaseError as exc:
-            raise CheckFailed(DatabaseStatus.FATAL, type(exc).__name__) from exc
+            raise CheckFailed(DatabaseStatus.FATAL, database_reason(exc)) from exc
         finally:
             # A connection opened in a worker thread is never closed by a request cycle.
             connection.close()
@@ -182,33 +185,33 @@ def _error_name(sqlstate: str) -> str:
 
 
 def _wait(pgconn: pq.abc.PGconn, event: int, deadline: float, timeout: float, what: str) -> None:
-    """Wait for the socket until the deadline; past it the run is over (FATAL)."""
+    """Wait for the socket until the deadline; past it the run is over (FATAL, ``what``)."""
     remaining = deadline - time.monotonic()
     if remaining > 0:
         with selectors.DefaultSelector() as selector:
             selector.register(pgconn.socket, event)
             if selector.select(remaining):
                 return
-    raise CheckFailed(DatabaseStatus.FATAL, f"{what} took over {timeout:g} s")
+    raise CheckFailed(DatabaseStatus.FATAL, f"{what} timed out")
 
 
 def _connect(pgconn: pq.abc.PGconn, deadline: float, timeout: float) -> None:
     if pgconn.status == pq.ConnStatus.BAD:
-        raise CheckFailed(DatabaseStatus.FATAL, "OperationalError")
+        raise CheckFailed(DatabaseStatus.FATAL, libpq_reason(pgconn.error_message, fallback="cannot connect"))
     while True:
         state = pgconn.connect_poll()
         if state == pq.PollingStatus.OK:
             pgconn.nonblocking = 1
             return
         if state == pq.PollingStatus.FAILED:
-            raise CheckFailed(DatabaseStatus.FATAL, "OperationalError")
+            raise CheckFailed(DatabaseStatus.FATAL, libpq_reason(pgconn.error_message, fallback="cannot connect"))
         event = selectors.EVENT_READ if state == pq.PollingStatus.READING else selectors.EVENT_WRITE
-        _wait(pgconn, event, deadline, timeout, "connecting")
+        _wait(pgconn, event, deadline, timeout, "connect")
 
 
 def _results(pgconn: pq.abc.PGconn, deadline: float, timeout: float) -> list[pq.abc.PGresult]:
     while pgconn.flush() != 0:
-        _wait(pgconn, selectors.EVENT_WRITE, deadline, timeout, "the query")
+        _wait(pgconn, selectors.EVENT_WRITE, deadline, timeout, "query")
     results: list[pq.abc.PGresult] = []
     while True:
         pgconn.consume_input()
@@ -217,4 +220,4 @@ def _results(pgconn: pq.abc.PGconn, deadline: float, timeout: float) -> list[pq.
             if result is None:
                 return results
             results.append(result)
-        _wait(pgconn, selectors.EVENT_READ, deadline, timeout, "the query")
+        _wait(pgconn, selectors.EVENT_READ, deadline, timeout, "query")

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from health.checks.base import CheckFailed, Verdict
+from health.checks.reasons import grpc_reason
 from health.conf import GrpcTarget
 from health.proto import util_health_pb2, util_health_pb2_grpc
 from health.status import Component, UtilServiceStatus
@@ -92,7 +93,7 @@ class UtilServiceCheck:
                 # stalled peer); every later call would go down it again.
                 self._drop_channel(channel)
             state = UtilServiceStatus.DISCONNECTED if code in UNREACHABLE else UtilServiceStatus.FAILED
-            raise CheckFailed(state, f"RPC {code.name}") from exc
+            raise CheckFailed(state, grpc_reason(code, exc.details() if isinstance(exc, grpc.Call) else None)) from exc
         if not healthy:
             raise CheckFailed(UtilServiceStatus.FAILED, f"peer says {status[:40]!r}")
         return Verdict(UtilServiceStatus.OPERATIONAL)

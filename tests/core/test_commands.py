@@ -120,7 +120,7 @@ def test_a_configuration_error_exits_2_with_the_system_check_message() -> None:
     assert code == 2
     assert out == ""
     assert "health.E001" in err
-    assert "HEALTH_CHECK_TIMEOUT must be a positive number of seconds." in err
+    assert "?: (health.E001) HEALTH_CHECK_TIMEOUT is -1: expected a positive number of seconds, such as 0.5." in err
 
 
 @pytest.mark.django_db

@@ -11,6 +11,7 @@ import pytest
 import yaml
 from django.core.management import call_command
 from django.test import Client
+from django.urls import clear_script_prefix, set_script_prefix
 from openapi_spec_validator import validate
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -125,16 +126,78 @@ def test_the_schema_is_served(client: Client) -> None:
     assert yaml.safe_load(response.content)["paths"]["/health/"]["get"]["operationId"] == "health_retrieve"
 
 
-@pytest.mark.parametrize("page", ["/api/v1/schema/swagger-ui/", "/api/v1/schema/redoc/"])
-def test_the_docs_pages_work_offline_with_sidecar_assets(client: Client, page: str) -> None:
+DOCS_PAGES = ["/api/v1/schema/swagger-ui/", "/api/v1/schema/redoc/"]
+
+
+def served_schema(client: Client) -> dict[str, Any]:
+    response = client.get("/api/v1/schema/")
+    assert response.status_code == 200
+    return yaml.safe_load(response.content)  # type: ignore[no-any-return]
+
+
+def test_the_served_schema_lists_the_server_that_served_it_first(client: Client, contract: dict[str, Any]) -> None:
+    servers = served_schema(client)["servers"]
+    assert servers[0] == {"url": "/api/v1", "description": "This server"}
+    assert servers[1:] == contract["servers"]
+
+
+def test_behind_a_proxy_prefix_the_served_schema_points_under_it(client: Client) -> None:
+    # Django's WSGI handler sets the prefix from SCRIPT_NAME (the test client does not;
+    # tests/process/test_docs.py does it through gunicorn).
+    set_script_prefix("/letraz/")
+    try:
+        servers = served_schema(client)["servers"]
+    finally:
+        clear_script_prefix()
+    assert servers[0]["url"] == "/letraz/api/v1"
+
+
+def test_the_served_schema_differs_from_the_committed_one_only_in_its_servers(
+    client: Client, ours: dict[str, Any]
+) -> None:
+    served = served_schema(client)
+    assert served["servers"][1:] == ours["servers"]
+    assert {k: v for k, v in served.items() if k != "servers"} == {k: v for k, v in ours.items() if k != "servers"}
+
+
+@pytest.mark.parametrize("page", DOCS_PAGES)
+def test_the_docs_pages_load_only_local_assets(client: Client, page: str) -> None:
     response = client.get(page)
     assert response.status_code == 200
     html = response.content.decode()
-    assert "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
-    assets = re.findall(r'(?:src|href)="(/static/drf_spectacular_sidecar/[^"]+)"', html)
-    assert assets, "the page should load its scripts from the sidecar"
-    for asset in assets:
-        served = client.get(asset)
-        assert served.status_code == 200, asset
+    assert "fonts.googleapis.com" not in html and "cdn.jsdelivr.net" not in html and "unpkg.com" not in html
+    addresses = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert addresses, "the page should load its scripts"
+    for address in addresses:
+        assert address.startswith("/"), f"{address} is not on this server"
+        served = client.get(address)
+        assert served.status_code == 200, address
         content = b"".join(served.streaming_content) if served.streaming else served.content  # type: ignore[arg-type]
-        assert len(content) > 100, asset
+        assert len(content) > 100, address
+
+
+def test_redocs_bundle_is_served_without_its_cdn_logo(client: Client) -> None:
+    response = client.get("/api/v1/schema/redoc/redoc.standalone.js")
+    assert response.status_code == 200
+    bundle = response.content
+    assert b"cdn.redoc.ly" not in bundle
+    assert b"/static/core/docs-logo.svg" in bundle
+    logo = client.get("/static/core/docs-logo.svg")
+    assert logo.status_code == 200
+    assert b"<svg" in b"".join(logo.streaming_content)  # type: ignore[arg-type]
+
+
+def test_a_favicon_is_served(client: Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200
+    assert response["Content-Type"] in {"image/x-icon", "image/vnd.microsoft.icon"}
+    assert b"".join(response.streaming_content)[:4] == b"\0\0\1\0"  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("page", [*DOCS_PAGES, "/api/v1/schema/"])
+def test_head_on_a_docs_page_has_the_headers_of_get_and_no_body(client: Client, page: str) -> None:
+    got, head = client.get(page), client.head(page)
+    assert head.status_code == got.status_code == 200
+    assert head.content == b""
+    assert head["Content-Length"] == str(len(got.content))
+    assert head["Content-Type"] == got["Content-Type"]

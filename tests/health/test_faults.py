@@ -107,15 +107,15 @@ def test_util_rebuilds_its_channel_after_a_deadline_at_most_once_per_ttl(
     try:
         assert ask() == "OPERATIONAL"
         assert proxy.stall() == 1  # the channel's connection dies silently
-        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED)"
+        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED (no answer in time))"
         assert ask() == "OPERATIONAL"  # a new channel, a new connection
         assert proxy.accepted == 2
         assert proxy.stall() == 1  # dies again, within the same TTL
-        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED)"
-        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED)"  # not rebuilt twice in a TTL
+        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED (no answer in time))"
+        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED (no answer in time))"  # not rebuilt twice in a TTL
         assert proxy.accepted == 2
         now[0] += TTL
-        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED)"  # a TTL later: rebuilt
+        assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED (no answer in time))"  # a TTL later: rebuilt
         assert ask() == "OPERATIONAL"
         assert proxy.accepted == 3
     finally:

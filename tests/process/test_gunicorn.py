@@ -186,7 +186,9 @@ def test_a_malformed_number_stops_gunicorn_with_a_one_line_reason(web_env: dict[
     env = web_env | {"HEALTH_CHECK_TIMEOUT": "soon"}
     with running(gunicorn_args(free_port()), env, tmp_path / "badnumber.log") as server:
         assert server.wait(timeout=START_TIMEOUT) == 2
-        assert "HEALTH_CHECK_TIMEOUT must be a number, got 'soon'" in server.output
+        assert (
+            "(letraz.E004) HEALTH_CHECK_TIMEOUT is 'soon': expected a number of seconds, such as 0.5." in server.output
+        )
         assert "Traceback" not in server.output
 
 

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from core.grpc_server import HealthGrpcServer
 from health.conf import parse_grpc_target
 from health.service import get_health_service, reset_health_service
+from letraz.version import SERVICE_VERSION
 
 #: Calls in flight get this long after SIGTERM; it fits, with the 10 s preStop drain,
 #: in deploy/kubernetes' 45 s terminationGracePeriodSeconds.
@@ -66,7 +67,7 @@ class Command(BaseCommand):
                 raise CommandError(f"could not listen on {bind} ({type(exc).__name__}).") from exc
             try:
                 server.start()
-                self.stdout.write(f"gRPC server listening on {host}:{server.port}")
+                self.stdout.write(f"gRPC server listening on {host}:{server.port} (letraz-health {SERVICE_VERSION})")
                 self.stdout.flush()
                 # Short waits: the signal handler runs in this thread, between them.
                 while not stop_requested.wait(0.5):

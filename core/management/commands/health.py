@@ -158,6 +158,12 @@ class Command(BaseCommand):
     # The system checks run in handle(), so that an error exits 2, not SystemCheckError's 1.
     requires_system_checks: list[str] = []
 
+    def get_version(self) -> str:
+        """``--version``: this service's version (Django's own would say nothing about it)."""
+        from letraz.version import SERVICE_VERSION
+
+        return SERVICE_VERSION
+
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
             "--component",
