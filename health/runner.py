@@ -24,13 +24,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from health.checks.base import CheckFailed, HealthCheck
-from health.status import OPERATIONAL, Component, ComponentStatus
+from health.status import OPERATIONAL, Component, ComponentStatus, SentryStatus
 
 logger = logging.getLogger("health")
 
@@ -91,6 +91,34 @@ class PendingRun:
 ChangeListener = Callable[[CheckResult | None, CheckResult], None]
 
 
+class HealthListener(Protocol):
+    """Told of every observation and of every change, in order, outside the monitor's lock."""
+
+    def on_result(self, result: CheckResult) -> None: ...
+
+    def on_change(self, previous: CheckResult | None, result: CheckResult) -> None: ...
+
+
+@dataclass(frozen=True)
+class ComponentSnapshot:
+    """What a monitor knows about its component now; ``reason`` is for logs and diagnostics only."""
+
+    component: Component
+    status: ComponentStatus | None
+    reason: str
+    duration: float | None
+    checked_at: float | None
+    since: float | None
+    consecutive_failures: int
+    runs_in_flight: int
+    last_success_at: float | None
+
+
+def counts_as_failure(status: ComponentStatus) -> bool:
+    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
+    return status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
+
+
 class ComponentMonitor:
     """The cached, single-flight, time-limited view of one check."""
 
@@ -104,6 +132,7 @@ class ComponentMonitor:
         max_staleness: float,
         on_change: ChangeListener,
         clock: Clock = time.monotonic,
+        listeners: Sequence[HealthListener] = (),
     ) -> None:
         self.check = check
         self._executor = executor
@@ -117,10 +146,16 @@ class ComponentMonitor:
         self._clock = clock
         self._lock = threading.Lock()
         self._notify_lock = threading.Lock()
-        self._changes: list[tuple[CheckResult | None, CheckResult]] = []
+        self._listeners = tuple(listeners)
+        # (previous, result, changed) for the listeners, in the order recorded.
+        self._changes: list[tuple[CheckResult | None, CheckResult, bool]] = []
         self._result: CheckResult | None = None
         self._run: PendingRun | None = None
         self.runs_started = 0
+        self._checked_at: float | None = None
+        self._since: float | None = None
+        self._last_success_at: float | None = None
+        self._consecutive_failures = 0
 
     @property
     def component(self) -> Component:
@@ -130,6 +165,32 @@ class ComponentMonitor:
     def in_flight(self) -> PendingRun | None:
         """The run in progress, if any (settled on the next poll)."""
         return self._run
+
+    def snapshot(self) -> ComponentSnapshot:
+        """The last result and its bookkeeping (wall-clock times), without starting a run.
+
+        A run that finished (or passed its deadline) since the last poll is recorded first.
+        """
+        try:
+            with self._lock:
+                return self._snapshot()
+        finally:
+            self._notify()
+
+    def _snapshot(self) -> ComponentSnapshot:
+        self._settle(self._clock())
+        result = self._result
+        return ComponentSnapshot(
+            component=self.component,
+            status=None if result is None else result.status,
+            reason="" if result is None else result.reason,
+            duration=None if result is None else result.duration,
+            checked_at=self._checked_at,
+            since=self._since,
+            consecutive_failures=self._consecutive_failures,
+            runs_in_flight=0 if self._run is None else 1,
+            last_success_at=self._last_success_at,
+        )
 
     def poll(self) -> CheckResult | PendingRun:
         """A result good enough to serve now, or the run to wait for."""
@@ -182,11 +243,23 @@ class ComponentMonitor:
             try:
                 with self._lock:
                     changes, self._changes = self._changes, []
-                for previous, result in changes:
+                for previous, result, changed in changes:
+                    for listener in self._listeners:
+                        try:
+                            listener.on_result(result)
+                        except Exception:
+                            logger.exception("A result listener failed for %s", self.component)
+                    if not changed:
+                        continue
                     try:
                         self._on_change(previous, result)
                     except Exception:
                         logger.exception("The change listener failed for %s", self.component)
+                    for listener in self._listeners:
+                        try:
+                            listener.on_change(previous, result)
+                        except Exception:
+                            logger.exception("A change listener failed for %s", self.component)
             finally:
                 self._notify_lock.release()
 
@@ -228,8 +301,15 @@ class ComponentMonitor:
         previous, self._result = self._result, result
         changed = previous is None or previous.status != result.status
         new_error = result.error is not None and (previous is None or previous.reason != result.reason)
-        if changed or new_error:
-            self._changes.append((previous, result))
+        now = time.time()
+        self._checked_at = now
+        if changed:
+            self._since = now
+        if result.operational:
+            self._last_success_at = now
+        self._consecutive_failures = self._consecutive_failures + 1 if counts_as_failure(result.status) else 0
+        if changed or new_error or self._listeners:
+            self._changes.append((previous, result, changed or new_error))
 
     # -- in the executor's thread ----------------------------------------------------
 

@@ -17,8 +17,18 @@ from django.dispatch import receiver
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
-from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, DaemonThreadExecutor, PendingRun
-from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
+from health.runner import (
+    ChangeListener,
+    CheckResult,
+    Clock,
+    ComponentMonitor,
+    ComponentSnapshot,
+    DaemonThreadExecutor,
+    HealthListener,
+    PendingRun,
+    counts_as_failure,
+)
+from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus
 
 logger = logging.getLogger("health")
 
@@ -54,6 +64,7 @@ class HealthService:
     drain_file: Path | None = None
     clock: Clock = time.monotonic
     on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
+    listeners: Sequence[HealthListener] = ()
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -68,6 +79,7 @@ class HealthService:
                 max_staleness=self.max_staleness,
                 on_change=self.on_change,
                 clock=self.clock,
+                listeners=self.listeners,
             )
             for check in self.checks
         }
@@ -96,6 +108,10 @@ class HealthService:
             results,
             draining=self.draining,
         )
+
+    def snapshot(self) -> dict[Component, ComponentSnapshot]:
+        """What each monitor knows now; runs nothing (diagnostics read this)."""
+        return {component: monitor.snapshot() for component, monitor in self._monitors.items()}
 
     @property
     def draining(self) -> bool:
@@ -149,8 +165,7 @@ def log_and_report_change(previous: CheckResult | None, result: CheckResult) -> 
 
 
 def is_failure(result: CheckResult) -> bool:
-    # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
-    return result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
+    return counts_as_failure(result.status)
 
 
 def failure_body(instance_id: str) -> dict[str, object]:
@@ -163,7 +178,11 @@ def failure_body(instance_id: str) -> dict[str, object]:
 
 
 def build_service(
-    conf: HealthSettings = health_settings, *, cached: bool = True, on_change: ChangeListener | None = None
+    conf: HealthSettings = health_settings,
+    *,
+    cached: bool = True,
+    on_change: ChangeListener | None = None,
+    listeners: Sequence[HealthListener] = (),
 ) -> HealthService:
     """The configured service; ``cached=False`` for one-shot callers such as the CLI."""
     return HealthService(
@@ -175,6 +194,7 @@ def build_service(
         max_staleness=conf.max_staleness if cached else 0.0,
         drain_file=conf.drain_file,
         on_change=on_change or log_and_report_change,
+        listeners=listeners,
     )
 
 
