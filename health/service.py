@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import sentry_sdk
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
@@ -198,6 +200,15 @@ def build_service(
     )
 
 
+def configured_listeners() -> list[HealthListener]:
+    """The listeners named in ``HEALTH_LISTENERS``: dotted paths of zero-argument factories.
+
+    The project (``letraz/settings.py``) names its metrics listener there, so the engine
+    never imports the project package.
+    """
+    return [import_string(dotted)() for dotted in getattr(settings, "HEALTH_LISTENERS", ())]
+
+
 _service: HealthService | None = None
 _service_lock = threading.Lock()
 
@@ -209,7 +220,7 @@ def get_health_service() -> HealthService:
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service()
+                _service = build_service(listeners=configured_listeners())
             service = _service
     return service
 
@@ -239,6 +250,7 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_CACHE_TTL",
         "HEALTH_MAX_STALENESS",
         "HEALTH_DRAIN_FILE",
+        "HEALTH_LISTENERS",
         "INSTANCE_ID",
         "SENTRY_DSN",
         "CLERK_SECRET_KEY",
