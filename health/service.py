@@ -138,13 +138,23 @@ def describe_change(previous: CheckResult | None, result: CheckResult) -> str:
     return f"{result.component} {before} -> {result.status}{because}"
 
 
+def change_fields(previous: CheckResult | None, result: CheckResult) -> dict[str, str]:
+    """The change as log-record fields, for structured (JSON) logs: one key per fact."""
+    return {
+        "component": result.component.value,
+        "previous_state": str(previous.status) if previous is not None else "UNKNOWN",
+        "state": str(result.status),
+        "reason": result.reason,
+    }
+
+
 def log_change(previous: CheckResult | None, result: CheckResult) -> None:
     """One log line per change of state: warning into a failure, info out of it."""
-    message = describe_change(previous, result)
+    message, fields = describe_change(previous, result), change_fields(previous, result)
     if is_failure(result):
-        logger.warning(message, exc_info=result.error)
+        logger.warning(message, exc_info=result.error, extra=fields)
     else:
-        logger.info(message)
+        logger.info(message, extra=fields)
 
 
 def report_change_to_sentry(previous: CheckResult | None, result: CheckResult) -> None:
