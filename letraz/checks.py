@@ -31,7 +31,7 @@ def check_ranges(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     rate = getattr(settings, "SENTRY_TRACES_SAMPLE_RATE", 0.0)
     if not 0 <= rate <= 1:
         errors.append(Error("SENTRY_TRACES_SAMPLE_RATE must be between 0 and 1.", id="letraz.E002"))
-    for name in ("PORT", "GRPC_PORT"):
+    for name in ("PORT", "GRPC_PORT", "METRICS_PORT"):
         if not 0 < getattr(settings, name, 1) < 65536:
             errors.append(Error(f"{name} must be a port number between 1 and 65535.", id="letraz.E003"))
     return errors

@@ -13,6 +13,7 @@ from pathlib import Path
 import dj_database_url
 
 from letraz.env import env
+from letraz.logging import logging_config, parse_log_format
 from letraz.sentry import init_sentry
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -37,6 +38,8 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # First, so a probe's latency counts everything the server does for it.
+    "letraz.metrics.ProbeMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -167,12 +170,20 @@ SENTRY_ENVIRONMENT = env.string("SENTRY_ENVIRONMENT")
 SENTRY_TRACES_SAMPLE_RATE = env.number("SENTRY_TRACES_SAMPLE_RATE", 0.0)
 init_sentry(SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE)
 
-# --- Logging: one line per change of a component's state -----------------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"health": {"level": "INFO", "propagate": True}},
-}
+# --- Metrics and diagnostics (see letraz/metrics.py, core/diagnostics.py) -------------
+# The service feeds these listeners every result; the metrics listener keeps /metrics.
+HEALTH_LISTENERS = ["letraz.metrics.MetricsListener"]
+# Set by gunicorn.conf.py (a fresh directory of its own) unless given: where the workers'
+# metrics files live. Leave it unset for every other process.
+PROMETHEUS_MULTIPROC_DIR = env.string("PROMETHEUS_MULTIPROC_DIR")
+# Unset: /metrics is open (as exporters usually are). Set: only "Authorization: Bearer <it>".
+METRICS_TOKEN = env.string("METRICS_TOKEN")
+# The gRPC process's /metrics listens here (127.0.0.1 keeps it inside the pod).
+METRICS_HOST = env.string("METRICS_HOST", "0.0.0.0")  # noqa: S104
+METRICS_PORT = env.integer("METRICS_PORT", 9464)
+# Unset: /api/v1/health/diagnostics/ is a 404. Set: only "Authorization: Bearer <it>".
+HEALTH_DIAGNOSTICS_TOKEN = env.string("HEALTH_DIAGNOSTICS_TOKEN")
+
+# --- Logging: one line per change of a component's state; LOG_FORMAT=json for pipelines ----
+LOG_FORMAT = parse_log_format(env.string("LOG_FORMAT", "text"))
+LOGGING = logging_config(LOG_FORMAT)
