@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -181,9 +181,15 @@ class HealthGrpcServer:
         max_workers: int = MAX_WORKERS,
         max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
         publish_every: float | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server")
-        self.server = grpc.server(self._executor, maximum_concurrent_rpcs=max_concurrent_rpcs, options=SERVER_OPTIONS)
+        self.server = grpc.server(
+            self._executor,
+            interceptors=list(interceptors),
+            maximum_concurrent_rpcs=max_concurrent_rpcs,
+            options=SERVER_OPTIONS,
+        )
         self.health = health.HealthServicer(experimental_non_blocking=True)
         interval = publish_interval(health_settings.cache_ttl) if publish_every is None else publish_every
         self.publisher = HealthStatusPublisher(self.health, interval=interval, service_provider=service_provider)

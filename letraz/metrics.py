@@ -24,9 +24,10 @@ import time
 from collections.abc import Callable, Iterable
 from functools import lru_cache
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
+import grpc
 from django.conf import settings
 from django.http import HttpRequest, HttpResponse, HttpResponseBase
 from prometheus_client import (
@@ -202,6 +203,53 @@ class ProbeMetricsMiddleware:
             PROBE_REQUESTS.labels(name, code).inc()
             PROBE_LATENCY.labels(name, code).observe(time.perf_counter() - started)
         return response
+
+
+if TYPE_CHECKING:  # generic in grpc-stubs only
+    _ServerInterceptor = grpc.ServerInterceptor[Any, Any]
+else:
+    _ServerInterceptor = grpc.ServerInterceptor
+
+
+class GrpcProbeMetricsInterceptor(_ServerInterceptor):
+    """The gRPC process's probes: unary calls counted and timed by method and status code.
+
+    Only methods a service registered get a handler, so the ``path`` label is always one
+    of a few fixed names (``/grpc.health.v1.Health/Check``, ...); streams (``Watch``) are
+    left alone.
+    """
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler[Any, Any] | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        method: str = handler_call_details.method
+        behaviour = handler.unary_unary
+
+        def timed(request: Any, context: grpc.ServicerContext) -> Any:
+            started = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = behaviour(request, context)
+                code = context.code() or grpc.StatusCode.OK  # type: ignore[attr-defined]
+                return response
+            except Exception:
+                code = context.code() or grpc.StatusCode.UNKNOWN  # type: ignore[attr-defined]
+                raise
+            finally:
+                name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+                PROBE_REQUESTS.labels(method, name).inc()
+                PROBE_LATENCY.labels(method, name).observe(time.perf_counter() - started)
+
+        return grpc.unary_unary_rpc_method_handler(
+            timed,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
 
 
 # -- the gRPC process's own endpoint -----------------------------------------------------------
