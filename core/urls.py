@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from core.diagnostics import DiagnosticsView
 from core.views import HealthView, LivenessView, ReadinessView
 
 urlpatterns = [
@@ -20,4 +21,6 @@ urlpatterns = [
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
+    # Token-gated (HEALTH_DIAGNOSTICS_TOKEN); a 404 while none is configured.
+    path("health/diagnostics/", DiagnosticsView.as_view(), name="health-diagnostics"),
 ]

@@ -105,7 +105,12 @@ def test_the_body_schemas_match_the_contract(ours: dict[str, Any], contract: dic
 
 def test_enums_are_inline_as_in_the_contract(ours: dict[str, Any]) -> None:
     names = set(ours["components"]["schemas"])
-    assert names == {"HealthCheck", "HealthDetails", "Liveness"}
+    # The token-gated diagnostics bring their own bodies, all named Diagnostics*.
+    assert {name for name in names if not name.startswith("Diagnostics")} == {
+        "HealthCheck",
+        "HealthDetails",
+        "Liveness",
+    }
     assert not any(name.endswith("Enum") for name in names)
 
 
@@ -138,3 +143,19 @@ def test_the_docs_pages_work_offline_with_sidecar_assets(client: Client, page: s
         assert served.status_code == 200, asset
         content = b"".join(served.streaming_content) if served.streaming else served.content  # type: ignore[arg-type]
         assert len(content) > 100, asset
+
+
+def test_diagnostics_are_documented_with_a_bearer_scheme_and_the_probes_stay_public(ours: dict[str, Any]) -> None:
+    operation = ours["paths"]["/health/diagnostics/"]["get"]
+    assert operation["operationId"] == "health_diagnostics_retrieve"
+    assert operation["security"] == [{"DiagnosticsToken": []}]
+    assert set(operation["responses"]) == {"200", "401", "404"}
+    scheme = ours["components"]["securitySchemes"]["DiagnosticsToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "security" not in ours  # no global requirement: the probes stay public
+    for path in ("/health/", "/health/live/", "/health/ready/"):
+        assert ours["paths"][path]["get"].get("security", []) in ([], [{}]), path
+
+
+def test_metrics_are_not_in_the_public_schema(ours: dict[str, Any]) -> None:
+    assert not [path for path in ours["paths"] if "metrics" in path]
