@@ -19,7 +19,7 @@ import os
 import re
 import time
 import tomllib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -108,7 +108,10 @@ class Redactor:
         return text
 
     @classmethod
-    def from_settings(cls, conf: HealthSettings = health_settings) -> Redactor:
+    def from_settings(
+        cls, conf: HealthSettings = health_settings, *, databases: Mapping[str, Mapping[str, Any]] | None = None
+    ) -> Redactor:
+        """Everything configured that must not be shown (``databases``: ``settings.DATABASES``)."""
         secrets: set[str] = set()
         hosts: set[str] = set()
         ports: set[str] = set()
@@ -146,7 +149,7 @@ class Redactor:
             ports.add(str(target.port))
         elif conf.util_grpc_host:
             hosts.add(conf.util_grpc_host)
-        for database in getattr(settings, "DATABASES", {}).values():
+        for database in (settings.DATABASES if databases is None else databases).values():
             if database.get("PASSWORD"):
                 secrets.add(str(database["PASSWORD"]))
             if database.get("HOST"):

@@ -1,0 +1,114 @@
+"""``LOG_FORMAT=json``: one JSON object per line, with the fields a log pipeline indexes."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.test import Client, override_settings
+
+from letraz.logging import (
+    AccessJsonFormatter,
+    InstanceIdFilter,
+    JsonFormatter,
+    gunicorn_logconfig,
+    logging_config,
+    parse_log_format,
+)
+
+
+@pytest.fixture
+def health_json_lines() -> Iterator[io.StringIO]:
+    """The ``health`` logger also writes JSON into a buffer for the test's duration."""
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    handler.addFilter(InstanceIdFilter())
+    logger = logging.getLogger("health")
+    logger.addHandler(handler)
+    try:
+        yield stream
+    finally:
+        logger.removeHandler(handler)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+
+@pytest.mark.django_db
+def test_a_change_of_state_is_one_json_line_with_component_states_and_reason(
+    client: Client, peers: Any, health_json_lines: io.StringIO
+) -> None:
+    clerk, _ = peers
+    with override_settings(INSTANCE_ID="json-instance"):
+        client.get("/api/v1/health/")
+        clerk.mode = "unauthorized"
+        client.get("/api/v1/health/")
+    [change] = [line for line in lines(health_json_lines) if line.get("state") == "DOWN"]
+    assert change["level"] == "WARNING"
+    assert change["logger"] == "health"
+    assert change["message"] == "clerk OPERATIONAL -> DOWN (HTTP 401)"
+    assert (change["component"], change["previous_state"], change["state"], change["reason"]) == (
+        "clerk",
+        "OPERATIONAL",
+        "DOWN",
+        "HTTP 401",
+    )
+    assert change["instance_id"] == "json-instance"
+    assert change["time"].endswith("+00:00")
+    assert isinstance(change["process"], int)
+    assert clerk.secret_key not in health_json_lines.getvalue()
+
+
+def test_a_traceback_stays_inside_its_one_line() -> None:
+    record = logging.LogRecord("health", logging.WARNING, __file__, 1, "db OPERATIONAL -> FATAL", None, None)
+    try:
+        raise ZeroDivisionError("boom")
+    except ZeroDivisionError:
+        record.exc_info = sys.exc_info()
+    text = JsonFormatter().format(record)
+    assert "\n" not in text
+    assert "ZeroDivisionError" in json.loads(text)["exc_info"]
+
+
+def test_an_access_line_keeps_gunicorns_text_and_adds_its_parts() -> None:
+    atoms = {"m": "GET", "U": "/metrics", "q": "", "s": "200", "M": 3, "B": 812, "h": "127.0.0.1", "a": "curl/8"}
+    record = logging.LogRecord(
+        "gunicorn.access", logging.INFO, __file__, 1, '%(h)s "%(m)s %(U)s" %(s)s', (atoms,), None
+    )
+    line = json.loads(AccessJsonFormatter().format(record))
+    assert line["message"] == '127.0.0.1 "GET /metrics" 200'
+    assert (line["method"], line["path"], line["status"], line["duration_ms"], line["bytes"]) == (
+        "GET",
+        "/metrics",
+        200,
+        3,
+        812,
+    )
+    assert "query" not in line  # empty atoms are left out
+
+
+def test_log_format_is_text_or_json_and_anything_else_stops_the_process() -> None:
+    assert parse_log_format("") == "text"
+    assert parse_log_format("JSON") == "json"
+    with pytest.raises(ImproperlyConfigured, match="LOG_FORMAT must be one of text, json, got 'xml'"):
+        parse_log_format("xml")
+
+
+def test_text_stays_the_default_and_leaves_gunicorn_alone() -> None:
+    assert logging_config("text")["formatters"]["default"] == {
+        "format": "%(asctime)s %(levelname)s %(name)s %(message)s"
+    }
+    assert gunicorn_logconfig("text") == {}
+    config = gunicorn_logconfig("json")
+    assert {name: logger["propagate"] for name, logger in config["loggers"].items()} == {
+        "gunicorn.error": False,
+        "gunicorn.access": False,
+    }
