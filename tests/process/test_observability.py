@@ -52,6 +52,7 @@ HEALTH, LIVE, READY, METRICS = "/api/v1/health/", "/api/v1/health/live/", "/api/
 DB_PASSWORD = "Pg-Pass-4f9c2e"
 CLERK_KEY = "sk_live_NeverShowThisKey77"
 DSN_KEY = "0123abcdDsnPublicKey"
+TOKEN = "diagnostics-token-e3b0c442"
 #: Enough fresh connections that the kernel hands some to each of two workers.
 MAX_ATTEMPTS = 300
 GRACEFUL_EXIT = 30.0
@@ -238,13 +239,24 @@ def test_the_metrics_directory_is_emptied_at_start_and_removed_at_exit(
     directory.mkdir()
     stale = directory / "counter_999999.db"
     stale.write_bytes(b"left over by an earlier run")
-    env = web_env(database_url, clerk_api, util_service, PROMETHEUS_MULTIPROC_DIR=str(directory))
+    cached = {"HEALTH_CACHE_TTL": "60", "HEALTH_MAX_STALENESS": "120"}
+    env = web_env(database_url, clerk_api, util_service, PROMETHEUS_MULTIPROC_DIR=str(directory), **cached)
+    clerk_api.reset_count()
+    util_service.reset_count()
     with running_gunicorn(env, tmp_path / "given-dir.log") as (server, port):
         assert not stale.exists()
         assert http_request(port, LIVE)[0] == 200
         text = scrape(port)
         assert value(text, "letraz_health_probe_requests_total", path="health-live", code="200") == 1.0
         assert list(directory.glob("*.db"))  # the workers write here
+
+        # Scraping costs no upstream call: once both workers' warm-up calls are in, many
+        # scrapes (answered by either worker) add none.
+        assert clerk_api.wait_for_requests(2, timeout=15) and util_service.wait_for_requests(2, timeout=15)
+        calls = clerk_api.requests, util_service.requests
+        for _ in range(40):
+            scrape(port)
+        assert (clerk_api.requests, util_service.requests) == calls == (2, 2)
         server.terminate()
         assert server.wait(timeout=GRACEFUL_EXIT) == 0
     assert directory.exists()  # given, so not ours to remove
@@ -317,6 +329,18 @@ def metric_labels_are_clean(text: str) -> None:
                     assert ok, (sample.name, label, label_value)
 
 
+def diagnostics_with_token(port: int) -> str:
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=5)
+    try:
+        connection.request("GET", "/api/v1/health/diagnostics/", headers={"Authorization": f"Bearer {TOKEN}"})
+        response = connection.getresponse()
+        body = response.read().decode()
+        assert response.status == 200, body
+        return body
+    finally:
+        connection.close()
+
+
 def failing_health(port: int, *components: str) -> dict[str, Any]:
     def ask() -> dict[str, Any]:
         status, _, body = http_request(port, HEALTH)
@@ -340,7 +364,9 @@ def test_no_public_answer_carries_a_secret_a_host_a_port_or_a_traceback_while_pe
     tmp_path: Path,
 ) -> None:
     dsn = _dsn_with_key(sentry_receiver.dsn)
-    env = web_env(database_url, clerk_api, util_service, SENTRY_DSN=dsn, HEALTH_CACHE_TTL="0")
+    env = web_env(
+        database_url, clerk_api, util_service, SENTRY_DSN=dsn, HEALTH_CACHE_TTL="0", HEALTH_DIAGNOSTICS_TOKEN=TOKEN
+    )
     db = urlsplit(database_url)
     secrets = {CLERK_KEY, DSN_KEY, dsn, DB_PASSWORD, LOOPBACK}
     ports = {clerk_api.port, util_service.port, sentry_receiver.port} | ({db.port or 5432} if db.port else set())
@@ -358,8 +384,15 @@ def test_no_public_answer_carries_a_secret_a_host_a_port_or_a_traceback_while_pe
             answer = failing_health(port, "clerk", "util_service")
             assert answer["_status"] == 503, answer
             answers = public_answers(port)
+            assert ("GET /api/v1/health/diagnostics/", 401) in {(label, status) for label, status, _ in answers}
             assert_nothing_leaks(answers, secrets, ports)
             metric_labels_are_clean(scrape(port))
+            # The token holder learns why, still without a secret, host or port.
+            diagnosed = diagnostics_with_token(port)
+            assert_nothing_leaks([("diagnostics", 200, diagnosed)], secrets - {LOOPBACK} | {TOKEN}, set())
+            assert LOOPBACK not in diagnosed
+            # (a pid may equal a port by chance, so ports are looked for as a host would carry them)
+            assert not [p for p in ports if f":{p}" in diagnosed or f"port {p}" in diagnosed], diagnosed
         # The reasons exist, and say more than the public body: in the logs, not in answers.
         assert "HTTP 401" in server.output
         assert DB_PASSWORD not in server.output
