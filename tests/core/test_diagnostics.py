@@ -15,7 +15,7 @@ from django.test import Client, override_settings
 from core.diagnostics import Redactor
 from health.checks import build_checks
 from health.checks.base import CheckFailed, Verdict
-from health.service import HealthService
+from health.service import HealthService, get_health_service
 from health.status import ClerkStatus, Component
 from tests.peers.clerk import FakeClerkAPI
 
@@ -123,6 +123,26 @@ def test_asking_for_diagnostics_runs_no_check(client: Client, peers: Any) -> Non
         for _ in range(10):
             diagnose(client)
     assert (clerk.requests, util.requests) == calls
+
+
+def test_a_warm_up_run_that_finished_shows_without_any_probe(client: Client, peers: Any) -> None:
+    clerk, util = peers
+    with override_settings(HEALTH_DIAGNOSTICS_TOKEN=TOKEN):
+        get_health_service().warm_up()
+        deadline = time.monotonic() + 10
+        body = diagnose(client)
+        while None in {c["state"] for c in body["components"].values()}:
+            assert time.monotonic() < deadline, body
+            time.sleep(0.02)
+            body = diagnose(client)
+    assert {name: c["state"] for name, c in body["components"].items()} == {
+        "sentry": "UNINITIALIZED",
+        "clerk": "OPERATIONAL",
+        "db": "OPERATIONAL",
+        "util_service": "OPERATIONAL",
+    }
+    assert {c["runs_in_flight"] for c in body["components"].values()} == {0}
+    assert (clerk.requests, util.requests) == (1, 1)
 
 
 def test_before_any_check_the_states_are_null(client: Client) -> None:
