@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -24,6 +25,13 @@ pytestmark = pytest.mark.django_db
 DIAGNOSTICS = "/api/v1/health/diagnostics/"
 TOKEN = "diag-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(autouse=True)
+def patient_checks() -> Iterator[None]:
+    """A loaded 2-core machine can take longer than 0.5 s for a first call; time limits are not tested here."""
+    with override_settings(HEALTH_CHECK_TIMEOUT=3.0):
+        yield
 
 
 def diagnose(client: Client) -> dict[str, Any]:
@@ -61,7 +69,7 @@ def test_the_token_holder_sees_every_component_the_settings_and_the_instance(cli
     clerk.mode = "unauthorized"
     client.get("/api/v1/health/")
     client.get("/api/v1/health/")
-    with override_settings(HEALTH_DIAGNOSTICS_TOKEN=TOKEN, HEALTH_CHECK_TIMEOUT=0.7):
+    with override_settings(HEALTH_DIAGNOSTICS_TOKEN=TOKEN, HEALTH_CHECK_TIMEOUT=2.5):
         client.get("/api/v1/health/")
         body = diagnose(client)
         assert client.head(DIAGNOSTICS, headers=AUTH).status_code == 200
@@ -81,7 +89,7 @@ def test_the_token_holder_sees_every_component_the_settings_and_the_instance(cli
     assert db["last_success"] == db["last_checked"]
 
     settings = body["settings"]
-    assert settings["check_timeout_seconds"] == 0.7
+    assert settings["check_timeout_seconds"] == 2.5
     assert settings["critical_components"] == ["clerk", "db", "util_service"]
     assert set(settings["cache_ttl_seconds"]) == {c.value for c in Component}
     assert settings["configured"] == {
