@@ -145,6 +145,10 @@ def metrics_token() -> str:
     return str(getattr(settings, "METRICS_TOKEN", "") or "")
 
 
+#: Where the web process answers scrapes (and the gRPC process's own port too).
+METRICS_PATH = "/metrics"
+
+
 def metrics_view(request: HttpRequest) -> HttpResponseBase:
     """``/metrics``: Prometheus' text format; with ``METRICS_TOKEN`` set, only for its bearer."""
     if request.method not in ("GET", "HEAD"):
@@ -186,6 +190,24 @@ def probe_name(request: HttpRequest) -> str | None:
         return None
     view_class = getattr(match.func, "view_class", None)
     return _probe_names_by_view().get(view_class) if isinstance(view_class, type) else None
+
+
+class MetricsEndpointMiddleware:
+    """Answers ``/metrics`` ahead of every other middleware, whatever the ``Host``.
+
+    Prometheus scrapes a pod at its IP, and sends that as ``Host``, which
+    ``ALLOWED_HOSTS`` rightly refuses for the API (the probes send ``Host: localhost``,
+    Prometheus cannot). This answer builds no URL from the host, so the check protects
+    nothing here. Not a URL route, so it is in no schema.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponseBase]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponseBase:
+        if request.path_info == METRICS_PATH:
+            return metrics_view(request)
+        return self.get_response(request)
 
 
 class ProbeMetricsMiddleware:
@@ -271,7 +293,7 @@ class _QuietHandler(WSGIRequestHandler):
 def metrics_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
     """WSGI: ``GET /metrics`` as on the web process (same token rule), 404 elsewhere."""
     path, method = environ.get("PATH_INFO", ""), environ.get("REQUEST_METHOD", "GET")
-    if path.rstrip("/") != "/metrics":
+    if path.rstrip("/") != METRICS_PATH:
         start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
         return [b"Not Found\n"]
     if method not in ("GET", "HEAD"):

@@ -38,7 +38,9 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
-    # First, so a probe's latency counts everything the server does for it.
+    # /metrics before anything checks the Host (Prometheus sends the pod's IP).
+    "letraz.metrics.MetricsEndpointMiddleware",
+    # Next, so a probe's latency counts everything the server does for it.
     "letraz.metrics.ProbeMetricsMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",

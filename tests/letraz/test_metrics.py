@@ -137,6 +137,14 @@ def test_scraping_costs_no_upstream_call_and_runs_no_check(client: Client, peers
     assert {c: sample("letraz_health_check_duration_seconds_count", component=c.value) for c in Component} == runs
 
 
+def test_metrics_answer_prometheus_at_a_pod_ip_that_allowed_hosts_refuses(client: Client) -> None:
+    pod = "10.12.0.7:8000"
+    assert client.get(LIVE, HTTP_HOST=pod).status_code == 400  # the API keeps its Host check
+    response = client.get(METRICS, HTTP_HOST=pod)
+    assert response.status_code == 200
+    assert b"letraz_health_probe_requests_total" in response.content
+
+
 def test_a_metrics_token_closes_metrics_to_everyone_else(client: Client) -> None:
     with override_settings(METRICS_TOKEN="scrape-me-please"):
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic c2NyYXBlLW1lLXBsZWFzZQ=="}):
