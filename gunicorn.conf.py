@@ -73,6 +73,7 @@ def on_starting(server: Any) -> None:
         call_command("check", "--deploy", "--tag", "letraz", "--fail-level", "ERROR", stdout=quiet, stderr=warnings)
     except (SystemCheckError, ImproperlyConfigured) as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
+        on_exit(server)  # gunicorn calls it only after a start
         raise SystemExit(2) from None
     if warnings.getvalue().strip():
         server.log.warning("%s", warnings.getvalue().strip())

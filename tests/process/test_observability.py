@@ -36,7 +36,9 @@ from tests.process.support import (
     LOOPBACK,
     ServerProcess,
     base_env,
+    free_port,
     grpcserver_args,
+    gunicorn_args,
     http_request,
     migrated_database,
     peer_env,
@@ -260,6 +262,18 @@ def test_the_metrics_directory_is_emptied_at_start_and_removed_at_exit(
         server.terminate()
         assert server.wait(timeout=GRACEFUL_EXIT) == 0
     assert directory.exists()  # given, so not ours to remove
+
+
+def test_a_configuration_error_leaves_no_metrics_directory_behind(
+    database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilService, tmp_path: Path
+) -> None:
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    env = web_env(database_url, clerk_api, util_service, HEALTH_CHECK_TIMEOUT="soon", TMPDIR=str(temp))
+    with running(gunicorn_args(free_port()), env, tmp_path / "bad.log") as server:
+        assert server.wait(timeout=30) == 2
+    assert "HEALTH_CHECK_TIMEOUT must be a number" in server.output
+    assert not list(temp.iterdir())  # gunicorn.conf.py made its directory here, and removed it
 
 
 def test_a_metrics_token_closes_the_web_metrics(
