@@ -190,7 +190,9 @@ def test_a_count_made_in_one_worker_shows_in_a_scrape_answered_by_the_other(
             assert sorted(v or 0.0 for v in states(text, component).values())[-2:] == [0.0, 1.0], component
 
         # A worker that dies: its live gauges go (child_exit), its counts stay, a new one takes over.
-        victim = next(iter(answered))
+        with_gauges = [pid for pid in answered if list(metrics_dir.glob(f"gauge_live*_{pid}.db"))]
+        assert with_gauges, "the worker that answered 200 has no live gauge file"
+        victim = with_gauges[0]
         os.kill(victim, signal.SIGKILL)
         replaced = poll(lambda: worker_pids(server) - set(answered), lambda new: bool(new), timeout=15)
         assert replaced, f"no new worker after killing {victim}:\n{server.output[-3000:]}"
