@@ -9,14 +9,29 @@ inside Kubernetes' grace period; forwarded headers trusted from no one unless
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+import tempfile
+from pathlib import Path
 from typing import Any
 
 from letraz.env import env
+from letraz.logging import gunicorn_logconfig, parse_log_format
 from letraz.proxies import trusted_proxies
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "letraz.settings")
 _trusted_proxies = trusted_proxies()
+
+# Metrics: every worker writes its numbers to files here and /metrics adds them up
+# (prometheus-client's multi-process mode). The library reads this variable when it is
+# first imported, so it is set before anything imports it: a fresh directory of our own
+# unless one is given (e.g. a memory-backed emptyDir).
+METRICS_DIR = env.string("PROMETHEUS_MULTIPROC_DIR")
+OWN_METRICS_DIR = not METRICS_DIR
+if OWN_METRICS_DIR:
+    METRICS_DIR = tempfile.mkdtemp(prefix="letraz-metrics-")
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = METRICS_DIR
 
 # All interfaces, as a container needs; pass --bind to narrow it (command line wins).
 bind = [f"0.0.0.0:{env.integer('PORT', 8000)}"]  # noqa: S104
@@ -48,6 +63,8 @@ header_map = "refuse"
 accesslog = "-"
 errorlog = "-"
 logger_class = "letraz.gunicorn_logging.ProbeQuietLogger"
+# LOG_FORMAT=json: the error and access logs as one JSON object per line, like the app's.
+logconfig_dict = gunicorn_logconfig(parse_log_format(env))
 # Probes' access lines are off unless GUNICORN_LOG_HEALTH_PROBES=true (see the logger).
 proc_name = "letraz-web"
 # gunicorn's control socket (under $HOME) is not used here; off, so that servers
@@ -56,20 +73,32 @@ control_socket_disable = True
 
 
 def on_starting(server: Any) -> None:
-    """Refuse to start on a misconfiguration, with the system checks' clear messages."""
+    """Empty the metrics directory, then refuse to start on a misconfiguration."""
+    # Files of an earlier run would be added to this one's numbers (the library says so).
+    directory = Path(METRICS_DIR)
+    directory.mkdir(parents=True, exist_ok=True)
+    for stale in directory.glob("*.db"):
+        stale.unlink(missing_ok=True)
+
     import django
     from django.core.exceptions import ImproperlyConfigured
     from django.core.management import call_command
     from django.core.management.base import SystemCheckError
 
+    # "No issues" is noise; warnings go through gunicorn's log (JSON with LOG_FORMAT=json).
+    quiet, warnings = io.StringIO(), io.StringIO()
     try:
         django.setup()
-        call_command("check", "--fail-level", "ERROR")
+        call_command("check", "--fail-level", "ERROR", stdout=quiet, stderr=warnings)
         # The project's deploy checks only (Django's HTTPS ones depend on the proxy).
-        call_command("check", "--deploy", "--tag", "letraz", "--fail-level", "ERROR")
+        call_command("check", "--deploy", "--tag", "letraz", "--fail-level", "ERROR", stdout=quiet, stderr=warnings)
     except (SystemCheckError, ImproperlyConfigured) as exc:
         server.log.error("Configuration error, not starting:\n%s", exc)
+        on_exit(server)  # gunicorn calls it only after a start
         raise SystemExit(2) from None
+    if warnings.getvalue().strip():
+        server.log.warning("%s", warnings.getvalue().strip())
+
     from letraz.version import SERVICE_VERSION
 
     server.log.info("Starting letraz-health %s", SERVICE_VERSION)
@@ -87,3 +116,16 @@ def post_worker_init(worker: Any) -> None:
     # seconds under load (measured by bench/). Frozen, a collection walks only what
     # requests leave behind.
     gc.freeze()
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """A worker is gone: its live gauges go with it, as prometheus-client documents."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid, METRICS_DIR)  # type: ignore[no-untyped-call]
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory if it was made here."""
+    if OWN_METRICS_DIR:
+        shutil.rmtree(METRICS_DIR, ignore_errors=True)

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent import futures
 from typing import Any
 
@@ -272,13 +272,14 @@ class HealthGrpcServer:
         max_workers: int = MAX_WORKERS,
         max_concurrent_rpcs: int = MAX_CONCURRENT_RPCS,
         publish_every: float | None = None,
+        interceptors: Sequence[grpc.ServerInterceptor[Any, Any]] = (),
     ) -> None:
         self._executor = futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="grpc-server")
         self.server = grpc.server(
             self._executor,
             maximum_concurrent_rpcs=max_concurrent_rpcs,
             options=SERVER_OPTIONS,
-            interceptors=[VersionMetadataInterceptor()],
+            interceptors=[VersionMetadataInterceptor(), *interceptors],
         )
         self.health = LetrazHealthServicer()
         logging.getLogger("grpc._common").addFilter(_client_error_filter)

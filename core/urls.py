@@ -13,6 +13,7 @@ from django.core.signals import setting_changed
 from django.urls import Resolver404, path, resolve
 from drf_spectacular.views import SpectacularSwaggerView
 
+from core.diagnostics import DiagnosticsView
 from core.docs import OfflineRedocView, ServedSchemaView, redoc_bundle
 from core.views import HealthView, LivenessView, ReadinessView
 
@@ -30,6 +31,8 @@ urlpatterns = [
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("schema/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),
     path("schema/redoc/redoc.standalone.js", redoc_bundle, name="redoc-bundle"),
+    # Token-gated (HEALTH_DIAGNOSTICS_TOKEN); a 404 while none is configured.
+    path("health/diagnostics/", DiagnosticsView.as_view(), name="health-diagnostics"),
 ]
 
 #: The probes: never traced, not in the access log, answered whatever the ``Host``.

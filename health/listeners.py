@@ -27,6 +27,16 @@ def describe_change(previous: CheckResult | None, result: CheckResult) -> str:
     return f"{result.component} {before} -> {result.status}{because}"
 
 
+def change_fields(previous: CheckResult | None, result: CheckResult) -> dict[str, str]:
+    """The change as log-record fields, for structured (JSON) logs: one key per fact."""
+    return {
+        "component": result.component.value,
+        "previous_state": str(previous.status) if previous is not None else "UNKNOWN",
+        "state": str(result.status),
+        "reason": result.reason,
+    }
+
+
 def is_failure(result: CheckResult) -> bool:
     # UNINITIALIZED is Sentry's expected state without a DSN, not a failure.
     return result.status not in (OPERATIONAL, SentryStatus.UNINITIALIZED)
@@ -39,11 +49,11 @@ class LogListener:
         """Observations are not logged: only changes are."""
 
     def on_change(self, previous: CheckResult | None, result: CheckResult) -> None:
-        message = describe_change(previous, result)
+        message, fields = describe_change(previous, result), change_fields(previous, result)
         if is_failure(result):
-            logger.warning(message, exc_info=result.error)
+            logger.warning(message, exc_info=result.error, extra=fields)
         else:
-            logger.info(message)
+            logger.info(message, extra=fields)
 
 
 @dataclass

@@ -11,8 +11,10 @@ from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
+from django.utils.module_loading import import_string
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
@@ -214,6 +216,15 @@ def build_service(
     )
 
 
+def configured_listeners() -> list[HealthListener]:
+    """The listeners named in ``HEALTH_LISTENERS``: dotted paths of zero-argument factories.
+
+    The project (``letraz/settings.py``) names its metrics listener there, so the engine
+    never imports the project package.
+    """
+    return [import_string(dotted)() for dotted in getattr(settings, "HEALTH_LISTENERS", ())]
+
+
 _service: HealthService | None = None
 _service_lock = threading.Lock()
 
@@ -225,7 +236,7 @@ def get_health_service() -> HealthService:
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service()
+                _service = build_service(listeners=[*default_listeners(), *configured_listeners()])
             service = _service
     return service
 
@@ -257,6 +268,7 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_MAX_STALENESS",
         "HEALTH_DRAIN_FILE",
         "HEALTH_EVENT_INTERVAL",
+        "HEALTH_LISTENERS",
         "INSTANCE_ID",
         "SENTRY_DSN",
         "CLERK_SECRET_KEY",

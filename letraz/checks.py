@@ -39,7 +39,7 @@ def check_ranges(app_configs: Any = None, **kwargs: Any) -> list[Error]:
     rate = getattr(settings, "SENTRY_TRACES_SAMPLE_RATE", 0.0)
     if not 0 <= rate <= 1:
         errors.append(Error(f"SENTRY_TRACES_SAMPLE_RATE is {rate:g}: expected a number from 0 to 1.", id="letraz.E002"))
-    for name in ("PORT", "GRPC_PORT"):
+    for name in ("PORT", "GRPC_PORT", "METRICS_PORT"):
         port = getattr(settings, name, 1)
         if not 0 < port < 65536:
             errors.append(Error(f"{name} is {port}: expected a port number from 1 to 65535.", id="letraz.E003"))

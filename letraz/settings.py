@@ -14,6 +14,7 @@ import dj_database_url
 
 from health.status import Component
 from letraz.env import env, masked
+from letraz.logging import logging_config, parse_log_format
 from letraz.proxies import trusted_proxies
 from letraz.sentry import init_sentry
 from letraz.version import SERVICE_VERSION
@@ -41,6 +42,10 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    # /metrics before anything checks the Host (Prometheus sends the pod's IP).
+    "letraz.metrics.MetricsEndpointMiddleware",
+    # Next, so a probe's latency counts everything the server does for it.
+    "letraz.metrics.ProbeMetricsMiddleware",
     "letraz.middleware.ServiceVersionHeader",
     "letraz.middleware.HeadWithoutBody",
     # First: hostile requests end here (400, one WARNING line), and errors under /api/ are JSON.
@@ -207,18 +212,23 @@ init_sentry(
     SENTRY_DSN, environment=SENTRY_ENVIRONMENT, traces_sample_rate=SENTRY_TRACES_SAMPLE_RATE, release=SERVICE_VERSION
 )
 
-# --- Logging: one line per change of a component's state -----------------------------
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
-    # Django logs each suspicious request (a bad Host, a malformed header) at ERROR with a
-    # traceback: hostile input, not our error, so one WARNING line instead.
-    "filters": {"hostile_requests": {"()": "letraz.middleware.HostileRequestLogFilter"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["hostile_requests"]}},
-    "root": {"handlers": ["console"], "level": "WARNING"},
-    "loggers": {"health": {"level": "INFO", "propagate": True}},
-}
+# --- Metrics and diagnostics (see letraz/metrics.py, core/diagnostics.py) -------------
+# The service feeds these listeners every result; the metrics listener keeps /metrics.
+HEALTH_LISTENERS = ["letraz.metrics.MetricsListener"]
+# Set by gunicorn.conf.py (a fresh directory of its own) unless given: where the workers'
+# metrics files live. Leave it unset for every other process.
+PROMETHEUS_MULTIPROC_DIR = env.string("PROMETHEUS_MULTIPROC_DIR")
+# Unset: /metrics is open (as exporters usually are). Set: only "Authorization: Bearer <it>".
+METRICS_TOKEN = env.string("METRICS_TOKEN")
+# The gRPC process's /metrics listens here (127.0.0.1 keeps it inside the pod).
+METRICS_HOST = env.string("METRICS_HOST", "0.0.0.0")  # noqa: S104
+METRICS_PORT = env.integer("METRICS_PORT", 9464)
+# Unset: /api/v1/health/diagnostics/ is a 404. Set: only "Authorization: Bearer <it>".
+HEALTH_DIAGNOSTICS_TOKEN = env.string("HEALTH_DIAGNOSTICS_TOKEN")
+
+# --- Logging: one line per change of a component's state; LOG_FORMAT=json for pipelines ----
+LOG_FORMAT = parse_log_format(env)
+LOGGING = logging_config(LOG_FORMAT)
 
 # --- Malformed variables (each fell back to its default above): letraz.E004 reports them --
 ENVIRONMENT_PROBLEMS = env.problems

@@ -181,14 +181,24 @@ def cli_env(database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilSe
 
 
 def test_the_command_line_exits_0_when_all_is_well(cli_env: dict[str, str]) -> None:
-    # -v 2 logs each component's first state with its reason: a failure says why.
+    # -v 2 logs each component's first state with its reason, then the diagnostics: a
+    # failure says why.
     done = manage(["health", "-v", "2"], cli_env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert parsed(done.stdout)["status"] == "OPERATIONAL", done.stderr
-    # Nothing but those lines: no warning, no traceback.
+    # Nothing but those lines and the diagnostics: no warning, no traceback.
     first_states = r"^\S+ \S+ INFO health (sentry|clerk|db|util_service) UNKNOWN -> (OPERATIONAL|UNINITIALIZED)\b.*$"
     lines = done.stderr.splitlines()
-    assert len(lines) == 4 and all(re.match(first_states, line) for line in lines), done.stderr
+    assert all(re.match(first_states, line) for line in lines[:4]), done.stderr
+    diagnostics = json.loads("\n".join(lines[4:]))
+    states = {name: c["state"] for name, c in diagnostics["components"].items()}
+    assert states == {
+        "sentry": "UNINITIALIZED",
+        "clerk": "OPERATIONAL",
+        "db": "OPERATIONAL",
+        "util_service": "OPERATIONAL",
+    }
+    assert "Traceback" not in done.stderr
 
 
 def test_the_command_line_prints_nothing_on_stderr_by_default(cli_env: dict[str, str]) -> None:

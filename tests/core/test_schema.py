@@ -106,7 +106,12 @@ def test_the_body_schemas_match_the_contract(ours: dict[str, Any], contract: dic
 
 def test_enums_are_inline_as_in_the_contract(ours: dict[str, Any]) -> None:
     names = set(ours["components"]["schemas"])
-    assert names == {"HealthCheck", "HealthDetails", "Liveness"}
+    # The token-gated diagnostics bring their own bodies, all named Diagnostics*.
+    assert {name for name in names if not name.startswith("Diagnostics")} == {
+        "HealthCheck",
+        "HealthDetails",
+        "Liveness",
+    }
     assert not any(name.endswith("Enum") for name in names)
 
 
@@ -201,3 +206,19 @@ def test_head_on_a_docs_page_has_the_headers_of_get_and_no_body(client: Client, 
     assert head.content == b""
     assert head["Content-Length"] == str(len(got.content))
     assert head["Content-Type"] == got["Content-Type"]
+
+
+def test_diagnostics_are_documented_with_a_bearer_scheme_and_the_probes_stay_public(ours: dict[str, Any]) -> None:
+    operation = ours["paths"]["/health/diagnostics/"]["get"]
+    assert operation["operationId"] == "health_diagnostics_retrieve"
+    assert operation["security"] == [{"DiagnosticsToken": []}]
+    assert set(operation["responses"]) == {"200", "401", "404"}
+    scheme = ours["components"]["securitySchemes"]["DiagnosticsToken"]
+    assert (scheme["type"], scheme["scheme"]) == ("http", "bearer")
+    assert "security" not in ours  # no global requirement: the probes stay public
+    for path in ("/health/", "/health/live/", "/health/ready/"):
+        assert ours["paths"][path]["get"].get("security", []) in ([], [{}]), path
+
+
+def test_metrics_are_not_in_the_public_schema(ours: dict[str, Any]) -> None:
+    assert not [path for path in ours["paths"] if "metrics" in path]

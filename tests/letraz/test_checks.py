@@ -27,7 +27,7 @@ def test_a_sample_rate_outside_0_to_1_is_an_error(rate: float) -> None:
         assert "letraz.E002" in letraz_errors()
 
 
-@pytest.mark.parametrize(("name", "port"), [("PORT", -5), ("PORT", 0), ("GRPC_PORT", 70000)])
+@pytest.mark.parametrize(("name", "port"), [("PORT", -5), ("PORT", 0), ("GRPC_PORT", 70000), ("METRICS_PORT", 0)])
 def test_a_port_outside_the_range_is_an_error(name: str, port: int) -> None:
     with override_settings(**{name: port}):
         assert "letraz.E003" in letraz_errors()

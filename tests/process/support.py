@@ -35,9 +35,10 @@ GUNICORN = str(Path(sys.executable).parent / "gunicorn")
 LOOPBACK = "127.0.0.1"
 
 #: Variables of the developer's or CI's shell that would change what a subprocess does.
-_SCRUBBED_PREFIXES = ("HEALTH_", "SENTRY_", "CLERK_", "UTIL_GRPC_", "GUNICORN_", "DJANGO_")
+_SCRUBBED_PREFIXES = ("HEALTH_", "SENTRY_", "CLERK_", "UTIL_GRPC_", "GUNICORN_", "DJANGO_", "METRICS_")
 _SCRUBBED = frozenset(
     {"DATABASE_URL", "INSTANCE_ID", "PORT", "GRPC_PORT", "WEB_CONCURRENCY", "REQUIRE_POSTGRES"}
+    | {"LOG_FORMAT", "PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"}
     # Loopback peers only: a proxy from the shell must not carry the app's calls elsewhere.
     | {"HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"}
 )
@@ -64,6 +65,8 @@ def base_env(**overrides: str) -> dict[str, str]:
         "DJANGO_SECRET_KEY": "process-test-secret",
         "PYTHONUNBUFFERED": "1",
         "PYTHONDONTWRITEBYTECODE": "1",
+        # The gRPC process's /metrics: loopback only (tests pass --metrics-port 0).
+        "METRICS_HOST": LOOPBACK,
     }
     return env | overrides
 
@@ -319,4 +322,5 @@ def running_gunicorn(
 
 
 def grpcserver_args(*extra: str) -> list[str]:
-    return [PYTHON, "manage.py", "grpcserver", "--bind", f"{LOOPBACK}:0", *extra]
+    """The gRPC process on free ports: its gRPC one and its metrics one (both printed)."""
+    return [PYTHON, "manage.py", "grpcserver", "--bind", f"{LOOPBACK}:0", "--metrics-port", "0", *extra]

@@ -237,6 +237,6 @@ def test_sigterm_turns_everything_not_serving_and_exits_0(
 def test_a_busy_port_is_an_error_at_start(grpc_env: dict[str, str], tmp_path: Path) -> None:
     with running(grpcserver_args(), grpc_env, tmp_path / "first.log") as first:
         address = first.wait_for_line(r"listening on (127\.0\.0\.1:\d+)", timeout=30).group(1)
-        second = manage(["grpcserver", "--bind", address], grpc_env)
+        second = manage(["grpcserver", "--bind", address, "--metrics-port", "0"], grpc_env)
     assert second.returncode == 1
     assert "could not listen on" in second.stderr

@@ -19,6 +19,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from core.grpc_server import HealthGrpcServer
 from health.conf import parse_grpc_target
 from health.service import get_health_service, reset_health_service
+from letraz.metrics import GrpcProbeMetricsInterceptor, MetricsServer
 from letraz.version import SERVICE_VERSION
 
 #: Calls in flight get this long after SIGTERM; it fits, with the 10 s preStop drain,
@@ -37,6 +38,12 @@ class Command(BaseCommand):
             "--bind",
             metavar="HOST:PORT",
             help="Where to listen (default [::]:GRPC_PORT); port 0 picks a free one, printed on start.",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            metavar="PORT",
+            help="Where /metrics listens, on METRICS_HOST (default METRICS_PORT); 0 picks a free one, printed.",
         )
         parser.add_argument(
             "--grace",
@@ -58,11 +65,23 @@ class Command(BaseCommand):
         def on_signal(signum: int, frame: FrameType | None) -> None:
             (force if stop_requested.is_set() else stop_requested).set()
 
+        metrics_port: int = settings.METRICS_PORT if options["metrics_port"] is None else options["metrics_port"]
+        if not 0 <= metrics_port < 65536:
+            raise CommandError("--metrics-port must be between 0 and 65535.", returncode=2)
+
         previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        metrics: MetricsServer | None = None
         try:
             get_health_service().warm_up()
             try:
-                server = HealthGrpcServer(bind)
+                metrics = MetricsServer(settings.METRICS_HOST, metrics_port)
+            except OSError as exc:
+                problem = f"could not listen for metrics on port {metrics_port} ({type(exc).__name__})."
+                raise CommandError(problem) from exc
+            metrics.start()
+            self.stdout.write(f"metrics on {settings.METRICS_HOST}:{metrics.port}/metrics")
+            try:
+                server = HealthGrpcServer(bind, interceptors=[GrpcProbeMetricsInterceptor()])
             except RuntimeError as exc:
                 raise CommandError(f"could not listen on {bind} ({type(exc).__name__}).") from exc
             try:
@@ -84,6 +103,8 @@ class Command(BaseCommand):
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
+            if metrics is not None:
+                metrics.stop()
             reset_health_service()
         self.stdout.write("gRPC server stopped")
 

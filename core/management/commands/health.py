@@ -17,7 +17,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -51,6 +51,8 @@ class Outcome:
     healthy: bool
     body: dict[str, object] | None = None
     problem: str | None = None
+    #: With ``-v 2``: the diagnostics body (as ``/api/v1/health/diagnostics/`` gives it).
+    diagnostics: dict[str, object] | None = None
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -153,7 +155,9 @@ class Command(BaseCommand):
         '"details" lists only them: {"instance_id": ..., "status": ..., "details": {"clerk": ...}}. '
         "With --live URL, no check runs here: the running server is asked over HTTP instead (exit 0 on "
         "HTTP 200 with status OPERATIONAL, else 1); this is the container's HEALTHCHECK. "
-        "Configuration errors (the system checks) and usage errors always print on stderr."
+        "Configuration errors (the system checks) and usage errors always print on stderr. "
+        "With -v 2, the change log lines and then the diagnostics (the body of /api/v1/health/diagnostics/: "
+        "reasons scrubbed of credentials and hosts, durations, the effective settings) also print on stderr."
     )
     # The system checks run in handle(), so that an error exits 2, not SystemCheckError's 1.
     requires_system_checks: list[str] = []
@@ -207,13 +211,15 @@ class Command(BaseCommand):
             components = parse_components(options["component"])
             self.check_configuration(verbosity=options["verbosity"])
             with quiet_logger("health", quiet=quiet or options["verbosity"] < 2):
-                outcome = self.report(components, wait)
+                outcome = self.report(components, wait, diagnose=options["verbosity"] >= 2 and not quiet)
         if not quiet and outcome.body is not None:
             self.stdout.write(json.dumps(outcome.body))
         if outcome.problem is not None:
             # Even with --quiet: a container's HEALTHCHECK keeps this line, and
             # `docker inspect` shows it as the reason (one line, no host, no exception text).
             self.stderr.write(f"health: {outcome.problem}")
+        if not quiet and outcome.diagnostics is not None:
+            self.stderr.write(json.dumps(outcome.diagnostics, indent=2))
         if not outcome.healthy:
             raise SystemExit(EXIT_DEGRADED)
 
@@ -228,14 +234,19 @@ class Command(BaseCommand):
             lines = "\n".join(str(e) for e in errors)
             raise CommandError(f"configuration error(s), see `manage.py check`:\n{lines}", returncode=EXIT_USAGE)
 
-    def report(self, components: tuple[Component, ...] | None, wait: float) -> Outcome:
+    def report(self, components: tuple[Component, ...] | None, wait: float, *, diagnose: bool = False) -> Outcome:
         """Run the checks in this process, with a service of its own, closed afterwards."""
         try:
             service = one_shot_service()
         except Exception as exc:  # A bug must still give a defined answer.
             return Outcome(False, problem=f"the health report could not be made ({type(exc).__name__})")
         try:
-            return self.retry(lambda: self.ask_service(service, components), wait)
+            outcome = self.retry(lambda: self.ask_service(service, components), wait)
+            if diagnose:
+                from core.diagnostics import diagnostics
+
+                outcome = replace(outcome, diagnostics=diagnostics(service))
+            return outcome
         finally:
             service.flush_notifications(1.0)  # the log lines, written by the notifier thread
             service.close()
