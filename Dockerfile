@@ -1,4 +1,3 @@
-# syntax=docker/dockerfile:1
 #
 # Letraz health service image: one image, two processes.
 #   web  (default CMD): gunicorn -c gunicorn.conf.py letraz.wsgi:application  -> :8000
