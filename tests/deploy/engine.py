@@ -152,10 +152,12 @@ class DockerEngine:
                 self._lock.close()  # releases the flock
 
 
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here: the forked child only makes one call
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM the daemon if the test process dies without stopping it."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 def _client() -> str:
