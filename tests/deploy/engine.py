@@ -23,10 +23,10 @@ import signal
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, NoReturn
+from typing import IO, Any, NoReturn
 
 import pytest
 
@@ -97,7 +97,7 @@ class DockerEngine:
             raise AssertionError(f"docker {' '.join(args[:4])} … exited {done.returncode}:\n{done.stdout}{done.stderr}")
         return done
 
-    def inspect(self, kind: str, name: str) -> dict[str, object] | None:
+    def inspect(self, kind: str, name: str) -> dict[str, Any] | None:
         """``docker KIND inspect NAME`` as a dict, or ``None`` when there is no such object."""
         done = self.docker(kind, "inspect", name, timeout=30, check=False)
         if done.returncode != 0:
@@ -107,6 +107,11 @@ class DockerEngine:
         entry = value[0]
         assert isinstance(entry, dict)
         return entry
+
+    def image_size(self, tag: str) -> int:
+        inspected = self.inspect("image", tag)
+        assert inspected is not None, f"no image {tag}"
+        return int(inspected["Size"])
 
     def remove_test_objects(self) -> None:
         """Containers and images labelled ``TEST_LABEL`` (this session's or a crashed one's), and build leftovers.
@@ -262,15 +267,3 @@ def start_engine(log_dir: Path, *, extra_flags: Sequence[str] = ()) -> DockerEng
         engine.stop()
         raise
     return engine
-
-
-@contextlib.contextmanager
-def running_engine(log_dir: Path) -> Iterator[DockerEngine]:
-    engine = start_engine(log_dir)
-    try:
-        yield engine
-    finally:
-        try:
-            engine.remove_test_objects()
-        finally:
-            engine.stop()

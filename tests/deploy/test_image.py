@@ -39,7 +39,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from tests.deploy.baseimage.standin import StandIn, dockerfile_base, ensure_standin
-from tests.deploy.engine import TEST_LABEL, DockerEngine, EngineUnavailable, engine_unavailable, running_engine
+from tests.deploy.engine import TEST_LABEL, DockerEngine, EngineUnavailable, engine_unavailable, start_engine
 from tests.peers.clerk import ClerkMode, FakeClerkAPI
 from tests.peers.util_service import FakeUtilService, UtilMode
 from tests.process.support import LOOPBACK, REPO, free_port, migrated_database, poll, port_open
@@ -95,8 +95,7 @@ def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
 def engine(tmp_path_factory: pytest.TempPathFactory, timings: Timings) -> Iterator[DockerEngine]:
     started = time.monotonic()
     try:
-        context = running_engine(tmp_path_factory.mktemp("dockerd"))
-        docker = context.__enter__()
+        docker = start_engine(tmp_path_factory.mktemp("dockerd"))
     except EngineUnavailable as exc:
         engine_unavailable(str(exc))
     timings.record("engine start", started)
@@ -104,7 +103,10 @@ def engine(tmp_path_factory: pytest.TempPathFactory, timings: Timings) -> Iterat
         yield docker
     finally:
         stopping = time.monotonic()
-        context.__exit__(None, None, None)
+        try:
+            docker.remove_test_objects()
+        finally:
+            docker.stop()
         timings.record("cleanup and engine stop", stopping)
 
 
@@ -112,8 +114,8 @@ def engine(tmp_path_factory: pytest.TempPathFactory, timings: Timings) -> Iterat
 def base_image(engine: DockerEngine, timings: Timings) -> StandIn:
     tag = dockerfile_base(REPO / "Dockerfile")
     standin = ensure_standin(engine, tag)
-    timings.record(f"stand-in {tag} ({'built' if standin.built else 'cached'})", time.monotonic() - standin.seconds)
-    size = engine.inspect("image", tag)["Size"]  # type: ignore[index]
+    timings.phases[f"stand-in {tag} ({'built' if standin.built else 'cached'})"] = standin.seconds
+    size = engine.image_size(tag)
     timings.facts.append(f"stand-in base {tag}: Debian's Python {standin.python_version}, {int(size) / 1e6:.0f} MB")
     return standin
 
@@ -158,8 +160,8 @@ def images(engine: DockerEngine, base_image: StandIn, timings: Timings) -> dict[
         timings.record(f"build with {builder}", started)
         inspected = engine.inspect("image", tag)
         assert inspected is not None, tag
-        built[builder] = Image(builder, tag, int(inspected["Size"]), inspected["Config"])  # type: ignore[arg-type]
-        above = built[builder].size - int(engine.inspect("image", base_image.tag)["Size"])  # type: ignore[index]
+        built[builder] = Image(builder, tag, int(inspected["Size"]), inspected["Config"])
+        above = built[builder].size - engine.image_size(base_image.tag)
         timings.facts.append(
             f"image size ({builder}): {built[builder].size / 1e6:.1f} MB, of which {above / 1e6:.1f} MB above the base"
         )
@@ -220,12 +222,15 @@ class Container:
         """The image's HEALTHCHECK command (``CMD`` form) as argv, for running it by hand."""
         inspected = self.engine.inspect("container", self.name)
         assert inspected is not None
-        test = ((inspected.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []  # type: ignore[union-attr]
+        test = ((inspected.get("Config") or {}).get("Healthcheck") or {}).get("Test") or []
         return [str(word) for word in test[1:]] if test and test[0] == "CMD" else []
 
     def exec(self, *command: str) -> tuple[int, str]:
         done = self.engine.docker("exec", self.name, *command, timeout=60, check=False)
         return done.returncode, (done.stdout + done.stderr).strip()
+
+    def remove(self) -> None:
+        self.engine.docker("rm", "-f", "-v", self.name, timeout=120, check=False)
 
     def logs(self) -> str:
         done = self.engine.docker("logs", self.name, timeout=60, check=False)
@@ -275,10 +280,7 @@ def write_env_file(path: Path, env: dict[str, str]) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def web(
-    engine: DockerEngine, image: Image, peers: Peers, tmp_path_factory: pytest.TempPathFactory, timings: Timings
-) -> Iterator[tuple[Container, int]]:
+def start_web(engine: DockerEngine, image: Image, peers: Peers, directory: Path) -> tuple[Container, int]:
     """The default command (gunicorn), hardened, listening on a random loopback port."""
     port = free_port()
     env = app_env(
@@ -287,18 +289,30 @@ def web(
         # Loopback only: host networking would otherwise open the port on every interface.
         GUNICORN_CMD_ARGS=f"--bind={LOOPBACK}:{port}",
     )
-    env_file = write_env_file(tmp_path_factory.mktemp("web") / "web.env", env)
     name = f"letraz-web-{uuid.uuid4().hex[:8]}"
-    started = time.monotonic()
+    env_file = write_env_file(directory / f"{name}.env", env)
     engine.docker(*hardened_run_args(env_file, name), *peers.mounts, image.tag, timeout=120)
     container = Container(engine, name)
+    listening = poll(lambda: port_open(port), bool, timeout=LISTEN_WITHIN, interval=0.2)
+    if not listening:
+        logs = container.logs()
+        container.remove()
+        raise AssertionError(f"nothing listens on {port} after {LISTEN_WITHIN} s:\n{logs}")
+    return container, port
+
+
+@pytest.fixture(scope="module")
+def web(
+    engine: DockerEngine, image: Image, peers: Peers, tmp_path_factory: pytest.TempPathFactory, timings: Timings
+) -> Iterator[tuple[Container, int]]:
+    """One web container for the tests that only look at it."""
+    started = time.monotonic()
+    container, port = start_web(engine, image, peers, tmp_path_factory.mktemp("web"))
+    timings.record("web: run to listening", started)
     try:
-        listening = poll(lambda: port_open(port), bool, timeout=LISTEN_WITHIN, interval=0.2)
-        assert listening, f"nothing listens on {port} after {LISTEN_WITHIN} s:\n{container.logs()}"
-        timings.record("web: run to listening", started)
         yield container, port
     finally:
-        engine.docker("rm", "-f", "-v", name, timeout=60, check=False)
+        container.remove()
 
 
 # --------------------------------------------------------------------------- HTTP
@@ -410,9 +424,16 @@ def _load(port: int, stop: threading.Event, outcomes: Counter[str], lock: thread
 
 
 def test_docker_stop_under_load_exits_0_within_the_grace_period(
-    web: tuple[Container, int], engine: DockerEngine, timings: Timings
+    engine: DockerEngine, image: Image, peers: Peers, tmp_path: Path, timings: Timings
 ) -> None:
-    container, port = web
+    container, port = start_web(engine, image, peers, tmp_path)
+    try:
+        _stop_under_load(engine, container, port, timings)
+    finally:
+        container.remove()
+
+
+def _stop_under_load(engine: DockerEngine, container: Container, port: int, timings: Timings) -> None:
     grace = grace_period()
     stop, lock = threading.Event(), threading.Lock()
     outcomes: Counter[str] = Counter()
@@ -493,4 +514,4 @@ def test_the_grpc_command_runs_in_the_same_image_and_answers_grpc_health(
         state = container.state()
         assert state["ExitCode"] == 0, f"exit code {state['ExitCode']}:\n{container.logs()}"
     finally:
-        engine.docker("rm", "-f", "-v", name, timeout=60, check=False)
+        container.remove()

@@ -201,8 +201,8 @@ def ensure_standin(engine: DockerEngine, tag: str, *, workdir: Path | None = Non
     base = BaseTag.parse(tag)
     existing = engine.inspect("image", tag)
     if existing is not None:
-        labels = (existing.get("Config") or {}).get("Labels") or {}  # type: ignore[union-attr]
-        env = dict(item.split("=", 1) for item in (existing.get("Config") or {}).get("Env") or [])  # type: ignore[union-attr]
+        labels = (existing.get("Config") or {}).get("Labels") or {}
+        env = dict(item.split("=", 1) for item in (existing.get("Config") or {}).get("Env") or [])
         if labels.get(RECIPE_LABEL) == RECIPE:
             return StandIn(tag, False, time.monotonic() - started, env.get("PYTHON_VERSION", "?"))
         engine.docker("rmi", "-f", tag, timeout=120)
