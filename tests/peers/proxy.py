@@ -47,7 +47,9 @@ drip), ``GARBAGE`` (its next request is answered with garbage and never forwarde
 again on connections that are still usable. A connection accepted in ``HANG`` or
 ``GARBAGE`` never reaches the upstream, whatever happens later.
 
-Counters: ``accepted`` (connections accepted since start), ``live`` (open now), and
+Counters: ``accepted`` (connections accepted since start), ``live`` (open now),
+``stalled_upstream_ports()`` (the local ports of the frozen connections' upstream side, so
+that a PostgreSQL backend the proxy itself holds open can be told from the client's), and
 ``wait_for_accepted(n, timeout)``. Everything is bounded: threads are daemons, every
 socket is closed by :meth:`stop`, and stop returns within a few seconds.
 """
@@ -348,6 +350,16 @@ class FaultProxy:
         """Connections open now (stalled ones included)."""
         with self._cond:
             return len(self._connections)
+
+    def stalled_upstream_ports(self) -> set[int]:
+        """The proxy's own ports towards the upstream of every frozen connection."""
+        with self._cond:
+            connections = [c for c in self._connections if c.stalled.is_set() and c.upstream is not None]
+        ports = set()
+        for connection in connections:
+            with contextlib.suppress(OSError, AttributeError):
+                ports.add(int(connection.upstream.getsockname()[1]))  # type: ignore[union-attr]
+        return ports
 
     def wait_for_accepted(self, count: int, timeout: float = 5.0) -> bool:
         with self._cond:

@@ -164,9 +164,12 @@ def test_stall_on_freezes_a_connection_at_its_first_matching_chunk(proxy: FaultP
     proxy.stall_on = b"Q"
     with connect(proxy, timeout=0.5) as sock:
         assert round_trip(sock, b"startup") == b"startup"
+        assert proxy.stalled_upstream_ports() == set()
         sock.sendall(b"Q SELECT 1")
         with pytest.raises(TimeoutError):
             sock.recv(10)
+        [port] = proxy.stalled_upstream_ports()  # the proxy's side towards the upstream, held open
+        assert port not in (proxy.port, 0)
 
 
 def test_reset_sends_half_an_answer_then_a_reset(proxy: FaultProxy) -> None:
