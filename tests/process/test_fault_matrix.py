@@ -21,7 +21,9 @@ What one case asserts (its row in the table printed at the end of the run):
   Its component state and HTTP code are compared with the expected ones (``EXPECTED``,
   from the README's state table and ``health/checks``), and its time, measured by the
   client from sending the request to reading the whole body on a new connection, must be
-  within ``HEALTH_CHECK_TIMEOUT`` + 0.1 s.
+  within ``HEALTH_CHECK_TIMEOUT`` + 0.1 s. When that bound is all that failed, the case
+  runs once more from the start and the table shows both times: a stall of this shared
+  machine rarely comes twice in a row, a slow code path does.
 * ``/live/`` answers 200 ``OPERATIONAL``, sent while that first probe is in flight.
 * every answer of the case (fault and recovery) is 200 or 503, never a 500, and its body
   is exactly the contract's (three keys, the four components, known states) with none of
@@ -211,6 +213,7 @@ class Row:
     seen: str = "-"
     code: int | str = "-"
     first_ms: float | None = None
+    late_ms: float | None = None
     live_ms: float | None = None
     recovery_ms: float | None = None
     answers: int = 0
@@ -226,7 +229,7 @@ class Row:
             self.seen,
             self.expected,
             str(self.code),
-            ms(self.first_ms),
+            ms(self.first_ms) if self.late_ms is None else f"{self.late_ms:.0f}, again {ms(self.first_ms)}",
             ms(self.live_ms),
             ms(self.recovery_ms),
             str(self.answers),
@@ -405,18 +408,29 @@ def check_answer(matrix: Matrix, answer: Answer, problems: list[str], when: str)
 def test_fault(matrix: Matrix, dependency: str, fault: str) -> None:
     row = Row(dependency, fault, expected_state(dependency, fault))
     matrix.rows.append(row)  # in the table even when an assertion below fails
+    slow, failures, history = run_case(matrix, row, dependency, fault)
+    if slow and not failures:
+        # Everything else held, only the first answer was late: once more, from the start.
+        # A moment when the shared machine stalled does not come twice in a row; a slow
+        # code path does. The table shows both times.
+        row.late_ms = row.first_ms
+        slow, failures, history = run_case(matrix, row, dependency, fault)
+    failures = slow + failures
+    row.result = "FAIL" if failures else "ok"
+    assert not failures, "\n".join(failures) + "\n" + history
+
+
+def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[list[str], list[str], str]:
+    """One pass of a case: (the first answer's lateness, every other failure, what it answered)."""
     problems: list[str] = []
     history: list[str] = []
     last_said: list[object] = [None]
-    answers = 0
     started = time.monotonic()
 
     def probe(when: str, path: str = HEALTH) -> Answer:
-        nonlocal answers
         answer = get(matrix.port, path)
         if path == HEALTH:
-            answers += 1
-            row.answers = answers
+            row.answers += 1
             matrix.last_answer_at = max(matrix.last_answer_at, answer.received_at)
             check_answer(matrix, answer, problems, when)
             said = (when, answer.code, answer.details)
@@ -431,8 +445,9 @@ def test_fault(matrix: Matrix, dependency: str, fault: str) -> None:
         )
 
     proxy = matrix.proxies[dependency]
-    baseline = probe("before")
-    assert baseline.healthy, f"not healthy before the fault: {report()}"
+    baseline = wait_until_healthy(matrix, within=10)  # a failed case before must not fail this one too
+    if not baseline.healthy:
+        return [], ["not healthy before the fault"], report()
 
     # -- the fault, and the first answer after every cached result expired ----------------
     apply_fault(proxy, dependency, fault)
@@ -472,13 +487,14 @@ def test_fault(matrix: Matrix, dependency: str, fault: str) -> None:
 
     # -- verdict -------------------------------------------------------------------------
     failures = list(problems)
+    slow = []
     if row.seen != row.expected:
         failures.append(f"{dependency} was {row.seen} under {fault}, expected {row.expected}")
     expected_code = 200 if row.expected == "OPERATIONAL" else 503
     if first.code != expected_code:
         failures.append(f"the first answer was HTTP {first.code}, expected {expected_code}")
     if first.seconds > FIRST_ANSWER_BOUND:
-        failures.append(f"the first answer took {first.seconds * 1000:.0f} ms > {FIRST_ANSWER_BOUND * 1000:.0f} ms")
+        slow.append(f"the first answer took {first.seconds * 1000:.0f} ms > {FIRST_ANSWER_BOUND * 1000:.0f} ms")
     if (live.code, live.body.get("status")) != (200, "OPERATIONAL"):
         failures.append(f"/live/ answered {live.code} {live.raw[:200]!r} under {fault}")
     if fault in ("pass", "latency") and dependency != "sentry" and calls < 1:
@@ -491,8 +507,7 @@ def test_fault(matrix: Matrix, dependency: str, fault: str) -> None:
         failures.append(f"recovered after {row.recovery_ms:.0f} ms > {RECOVERY_BOUND * 1000:.0f} ms")
     if not matrix.server.running():
         failures.append("the server exited")
-    row.result = "FAIL" if failures else "ok"
-    assert not failures, "\n".join(failures) + "\n" + report()
+    return slow, failures, report()
 
 
 def send_an_event_into_the_fault(
