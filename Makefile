@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-dev
 PORT ?= 8000
 export PORT
 
-.PHONY: install run migrate test lint typecheck schema proto bench clean
+.PHONY: install run migrate test lint typecheck schema proto bench soak clean
 
 install: $(STAMP)
 
@@ -51,6 +51,12 @@ test: lint typecheck
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The soak (bench/soak.py): probes at a steady rate while the peers flap through fault
+# proxies; fails on a 500, a slow probe or growth. SOAK_SECONDS of flapping (120).
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) staticfiles db.sqlite3
