@@ -18,8 +18,8 @@ What one case asserts (its row in the table printed at the end of the run):
   TTL + time limit after the answer that asked for it; see ``QUIET``). Where the fault
   changes no state (pass, latency) the peer's own counter shows that it was asked, and
   with latency the answer took at least one round trip's delay.
-  Its component state and HTTP code are compared with the expected ones (``EXPECTED``,
-  from the README's state table and ``health/checks``), and its time, measured by the
+  Its component state and HTTP code are compared with the expected ones
+  (:func:`expected_state`, from the README's state table and ``health/checks``), and its time, measured by the
   client from sending the request to reading the whole body on a new connection, must be
   within ``HEALTH_CHECK_TIMEOUT`` + 0.1 s. When that bound is all that failed, the case
   runs once more from the start and the table shows both times: a stall of this shared
@@ -60,6 +60,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -191,6 +192,7 @@ class Matrix:
     util: FakeUtilService
     sentry: SentryReceiver
     forbidden: tuple[str, ...]
+    workers: list[int] = field(default_factory=list)
     last_answer_at: float = 0.0
     rows: list[Row] = field(default_factory=list)
 
@@ -337,10 +339,21 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                 request.config.pluginmanager.register(_TablePrinter(matrix), "fault-matrix-table")
                 first = wait_until_healthy(matrix, within=30)
                 assert first.healthy, f"the server never became healthy: {first.brief()}\n{server.output}"
+                matrix.workers = worker_pids(server)
+                assert matrix.workers, f"gunicorn has no worker:\n{server.output}"
                 yield matrix
         finally:
             for proxy in proxies.values():
                 proxy.stop()
+
+
+def worker_pids(server: ServerProcess) -> list[int]:
+    """The gunicorn master's children now (the same ones throughout: no restart)."""
+    master = server.popen.pid
+    try:
+        return sorted(int(pid) for pid in Path(f"/proc/{master}/task/{master}/children").read_text().split())
+    except OSError:
+        return []
 
 
 def wait_until_healthy(matrix: Matrix, *, within: float) -> Answer:
@@ -507,6 +520,8 @@ def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[lis
         failures.append(f"recovered after {row.recovery_ms:.0f} ms > {RECOVERY_BOUND * 1000:.0f} ms")
     if not matrix.server.running():
         failures.append("the server exited")
+    elif worker_pids(matrix.server) != matrix.workers:
+        failures.append(f"the worker was replaced: {matrix.workers} -> {worker_pids(matrix.server)}")
     return slow, failures, report()
 
 
