@@ -128,6 +128,12 @@ def expected_state(dependency: str, fault: str) -> str:
       itself, so the next call reconnects: the recovery is as quick as for the others.
     * Sentry: its check reads the SDK's state and does no I/O: OPERATIONAL whatever the
       network does.
+
+    Clerk under ``drip`` recovers later than the others (about 1.6 s): the SDK's
+    ``timeout_ms`` is httpx's timeout per read, not per call, and a byte every 50 ms never
+    trips it, so the run goes on (about 30 s for the JWKS) after the runner answered
+    ``DOWN`` at the limit; the next run starts only when that one is abandoned, four
+    limits (2 s) after it started.
     """
     if dependency == "sentry" or fault in ("pass", "latency"):
         return "OPERATIONAL"
