@@ -12,7 +12,7 @@ PIP_INSTALL = $(BIN)/python -m pip install --quiet --disable-pip-version-check -
 PORT ?= 8000
 export PORT
 
-.PHONY: install install-runtime run migrate test lint typecheck checkov schema proto bench clean
+.PHONY: install install-runtime run migrate test lint typecheck checkov schema proto bench soak clean
 
 install: $(DEV_STAMP)
 install-runtime: $(RUNTIME_STAMP)
@@ -80,6 +80,12 @@ test: lint typecheck checkov
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
+
+# The soak (bench/soak.py): probes at a steady rate while the peers flap through fault
+# proxies; fails on a 500, a slow probe or growth. SOAK_SECONDS of flapping (120).
+SOAK_SECONDS ?= 120
+soak: install
+	$(BIN)/python -m bench.soak --seconds $(SOAK_SECONDS) $(SOAK_ARGS)
 
 clean:
 	rm -rf $(VENV) $(CHECKOV_VENV) staticfiles db.sqlite3

@@ -37,9 +37,21 @@ answer). Stalled connections stay frozen until :meth:`stop`; new connections fol
 starts with those bytes (swallowed): a stall in the middle of a call on a connection
 made just for it. ``reset_live()`` resets every live connection now.
 
+``switch_live`` (default False: a connection keeps the mode it was accepted in): when
+True, a change of ``mode`` also reaches connections already open, as when the peer
+itself changes for everyone, pooled connections included. From its next chunk a live
+connection is then ``RESET`` (half its next answer, then RST), ``DRIP`` (its answers
+drip), ``GARBAGE`` (its next request is answered with garbage and never forwarded),
+``HANG`` (its next request is swallowed and it freezes like a stalled one), and
+``REFUSE`` resets every live connection at once (the peer is gone). ``PASS`` forwards
+again on connections that are still usable. A connection accepted in ``HANG`` or
+``GARBAGE`` never reaches the upstream, whatever happens later.
+
 Counters: ``accepted`` (connections accepted since start), ``live`` (open now),
 ``round_trips`` (answers that followed a request, over all connections: each time a
-connection's traffic turns from client-to-upstream to upstream-to-client) and
+connection's traffic turns from client-to-upstream to upstream-to-client),
+``stalled_upstream_ports()`` (the local ports of the frozen connections' upstream side, so
+that a PostgreSQL backend the proxy itself holds open can be told from the client's), and
 ``wait_for_accepted(n, timeout)``. Everything is bounded: threads are daemons, every
 socket is closed by :meth:`stop`, and stop returns within a few seconds.
 """
@@ -149,9 +161,13 @@ class _Connection:
                 self.closed.wait()  # the answer side finishes the connection
                 return
             stall_on, latency_after = self.proxy.stall_on, self.proxy.latency_after
-            if stall_on is not None and data.startswith(stall_on):
+            mode = self._mode_now()
+            if (stall_on is not None and data.startswith(stall_on)) or mode == ProxyMode.HANG:
                 self.stalled.set()
                 return
+            if mode == ProxyMode.GARBAGE:
+                self.client.sendall(GARBAGE)
+                continue
             if latency_after is not None and data.startswith(latency_after):
                 self.delaying = True
             self.awaiting_answer = True
@@ -185,17 +201,22 @@ class _Connection:
             due, data = item
             if self._sleep_until(due):
                 return
-            if self.mode == ProxyMode.RESET:
+            mode = self._mode_now()
+            if mode == ProxyMode.RESET:
                 self.client.sendall(data[: max(1, len(data) // 2)])
                 self.close(reset=True)
                 return
-            if self.proxy.drip_interval > 0 and self.mode == ProxyMode.DRIP:
+            if self.proxy.drip_interval > 0 and mode == ProxyMode.DRIP:
                 for i in range(len(data)):
                     if self._sleep_until(time.monotonic() + self.proxy.drip_interval):
                         return
                     self.client.sendall(data[i : i + 1])
             else:
                 self.client.sendall(data)
+
+    def _mode_now(self) -> ProxyMode:
+        """The mode this connection follows now: its own, or the proxy's with ``switch_live``."""
+        return self.proxy.mode if self.proxy.switch_live else self.mode
 
     def _sleep_until(self, due: float) -> bool:
         """Wait until ``due``; True when the connection closed or froze meanwhile."""
@@ -235,6 +256,7 @@ class FaultProxy:
         self.latency_after: bytes | None = None
         self.drip_interval = 0.05
         self.stall_on: bytes | None = None
+        self.switch_live = False
         self._mode = ProxyMode.PASS
         self._cond = threading.Condition()
         self._connections: set[_Connection] = set()
@@ -292,6 +314,8 @@ class FaultProxy:
         self._wake()  # the accept loop closes or reopens the listener
         if self._mode == ProxyMode.REFUSE:
             self._wait_for(lambda: self._listener is None)
+            if self.switch_live:
+                self.reset_live()
         else:
             self._wait_for(lambda: self._listener is not None)
 
@@ -339,6 +363,16 @@ class FaultProxy:
         """Connections open now (stalled ones included)."""
         with self._cond:
             return len(self._connections)
+
+    def stalled_upstream_ports(self) -> set[int]:
+        """The proxy's own ports towards the upstream of every frozen connection."""
+        with self._cond:
+            connections = [c for c in self._connections if c.stalled.is_set() and c.upstream is not None]
+        ports = set()
+        for connection in connections:
+            with contextlib.suppress(OSError, AttributeError):
+                ports.add(int(connection.upstream.getsockname()[1]))  # type: ignore[union-attr]
+        return ports
 
     def wait_for_accepted(self, count: int, timeout: float = 5.0) -> bool:
         with self._cond:

@@ -175,9 +175,12 @@ def test_stall_on_freezes_a_connection_at_its_first_matching_chunk(proxy: FaultP
     proxy.stall_on = b"Q"
     with connect(proxy, timeout=0.5) as sock:
         assert round_trip(sock, b"startup") == b"startup"
+        assert proxy.stalled_upstream_ports() == set()
         sock.sendall(b"Q SELECT 1")
         with pytest.raises(TimeoutError):
             sock.recv(10)
+        [port] = proxy.stalled_upstream_ports()  # the proxy's side towards the upstream, held open
+        assert port not in (proxy.port, 0)
 
 
 def test_reset_sends_half_an_answer_then_a_reset(proxy: FaultProxy) -> None:
@@ -242,3 +245,81 @@ def test_stop_closes_every_connection_stalled_ones_too_and_its_threads_end(echo:
             break
         time.sleep(0.02)
     assert not [t for t in threading.enumerate() if t.name.startswith(("proxy-", "FaultProxy:"))]
+
+
+# -- switch_live: a change of mode reaches connections already open ----------------------
+
+
+def test_without_switch_live_a_live_connection_keeps_the_mode_it_was_accepted_in(proxy: FaultProxy) -> None:
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"before") == b"before"
+        proxy.mode = ProxyMode.RESET
+        assert round_trip(sock, b"after") == b"after"  # still PASS: only new connections reset
+
+
+def test_switch_live_reset_cuts_the_next_answer_of_a_live_connection(proxy: FaultProxy) -> None:
+    proxy.switch_live = True
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"before") == b"before"
+        proxy.mode = ProxyMode.RESET
+        sock.sendall(b"0123456789")
+        received = b""
+        with pytest.raises(ConnectionResetError):
+            while chunk := sock.recv(65536):
+                received += chunk
+    assert received == b"01234"
+
+
+def test_switch_live_drip_slows_a_live_connection_and_pass_restores_it(proxy: FaultProxy) -> None:
+    proxy.switch_live, proxy.drip_interval = True, 0.1
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"warm") == b"warm"
+        proxy.mode = ProxyMode.DRIP
+        sock.sendall(b"abcd")
+        assert sock.recv(65536) == b"a"  # one byte, then a pause
+        rest = b""
+        while len(rest) < 3:
+            rest += sock.recv(65536)
+        assert rest == b"bcd"
+        proxy.mode = ProxyMode.PASS
+        started = time.monotonic()
+        assert round_trip(sock, b"wxyz") == b"wxyz"
+        assert time.monotonic() - started < 3 * 0.1 + 2.0  # not byte by byte any more (generous)
+
+
+def test_switch_live_garbage_answers_a_live_connection_without_forwarding(proxy: FaultProxy, echo: EchoPeer) -> None:
+    proxy.switch_live = True
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"x") == b"x"
+        proxy.mode = ProxyMode.GARBAGE
+        sock.sendall(b"GET / HTTP/1.1\r\n\r\n")
+        received = b""
+        while len(received) < len(GARBAGE):
+            received += sock.recv(65536)
+    assert received == GARBAGE  # no echo of the request: the upstream never saw it
+    assert echo.accepted == 1
+
+
+def test_switch_live_hang_freezes_a_live_connection_at_its_next_request(proxy: FaultProxy) -> None:
+    proxy.switch_live = True
+    with connect(proxy, timeout=0.5) as sock:
+        assert round_trip(sock, b"before") == b"before"
+        proxy.mode = ProxyMode.HANG
+        sock.sendall(b"anyone?")
+        with pytest.raises(TimeoutError):
+            sock.recv(10)  # no answer, no FIN, no RST
+        proxy.mode = ProxyMode.PASS
+        with pytest.raises(TimeoutError):
+            sock.recv(10)  # frozen for good, like a stalled connection
+        assert proxy.live == 1
+
+
+def test_switch_live_refuse_resets_live_connections_and_refuses_new_ones(proxy: FaultProxy) -> None:
+    proxy.switch_live = True
+    with connect(proxy) as sock:
+        assert round_trip(sock, b"x") == b"x"
+        proxy.mode = ProxyMode.REFUSE
+        with pytest.raises(ConnectionResetError):
+            sock.recv(10)
+    with pytest.raises(ConnectionRefusedError):
+        connect(proxy)
