@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from dataclasses import dataclass
-from typing import ParamSpec, TypeVar
+from typing import ParamSpec, Protocol, TypeVar
 
 from health.checks.base import CheckFailed, HealthCheck
 from health.status import OPERATIONAL, Component, ComponentStatus
@@ -89,6 +89,14 @@ class PendingRun:
 
 #: Called on every change of state: (previous result or None, new result).
 ChangeListener = Callable[[CheckResult | None, CheckResult], None]
+
+
+class HealthListener(Protocol):
+    """A consumer of changes (stand-in for issue 7's notifier interface)."""
+
+    def on_result(self, result: CheckResult) -> None: ...
+
+    def on_change(self, previous: CheckResult | None, result: CheckResult) -> None: ...
 
 
 class ComponentMonitor:

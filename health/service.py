@@ -17,7 +17,15 @@ from django.dispatch import receiver
 
 from health.checks import HealthCheck, build_checks
 from health.conf import HealthSettings, health_settings
-from health.runner import ChangeListener, CheckResult, Clock, ComponentMonitor, DaemonThreadExecutor, PendingRun
+from health.runner import (
+    ChangeListener,
+    CheckResult,
+    Clock,
+    ComponentMonitor,
+    DaemonThreadExecutor,
+    HealthListener,
+    PendingRun,
+)
 from health.status import FAILURE_STATUS, OPERATIONAL, Component, OverallStatus, SentryStatus
 
 logger = logging.getLogger("health")
@@ -54,6 +62,7 @@ class HealthService:
     drain_file: Path | None = None
     clock: Clock = time.monotonic
     on_change: ChangeListener = field(default_factory=lambda: log_and_report_change)
+    listeners: Sequence[HealthListener] = ()
     _monitors: dict[Component, ComponentMonitor] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -66,11 +75,19 @@ class HealthService:
                 timeout=self.timeout,
                 ttl=self.ttl,
                 max_staleness=self.max_staleness,
-                on_change=self.on_change,
+                on_change=self._changed,
                 clock=self.clock,
             )
             for check in self.checks
         }
+
+    def _changed(self, previous: CheckResult | None, result: CheckResult) -> None:
+        self.on_change(previous, result)
+        for listener in self.listeners:
+            try:
+                listener.on_change(previous, result)
+            except Exception:
+                logger.exception("A listener failed for %s", result.component)
 
     @property
     def components(self) -> tuple[Component, ...]:
