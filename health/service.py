@@ -180,7 +180,11 @@ def failure_body(instance_id: str) -> dict[str, object]:
 
 
 def build_service(
-    conf: HealthSettings = health_settings, *, cached: bool = True, on_change: ChangeListener | None = None
+    conf: HealthSettings = health_settings,
+    *,
+    cached: bool = True,
+    on_change: ChangeListener | None = None,
+    listeners: Sequence[HealthListener] = (),
 ) -> HealthService:
     """The configured service; ``cached=False`` for one-shot callers such as the CLI."""
     return HealthService(
@@ -192,6 +196,7 @@ def build_service(
         max_staleness=conf.max_staleness if cached else 0.0,
         drain_file=conf.drain_file,
         on_change=on_change or log_and_report_change,
+        listeners=listeners,
     )
 
 
@@ -206,7 +211,10 @@ def get_health_service() -> HealthService:
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service()
+                from health.recording import start_recording, timeline_listeners
+
+                _service = build_service(listeners=timeline_listeners())
+                start_recording(_service)
             service = _service
     return service
 
@@ -214,8 +222,11 @@ def get_health_service() -> HealthService:
 def reset_health_service() -> None:
     """Drop this process's service; the next call builds one from current settings."""
     global _service
+    from health.recording import stop_recording
+
     with _service_lock:
         service, _service = _service, None
+    stop_recording()
     if service is not None:
         service.close()
 
@@ -224,6 +235,9 @@ def _forget_after_fork() -> None:
     # Threads and channels do not survive fork(); the child builds its own service.
     global _service, _service_lock
     _service, _service_lock = None, threading.Lock()
+    from health.recording import forget_after_fork
+
+    forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -237,6 +251,8 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_MAX_STALENESS",
         "HEALTH_DRAIN_FILE",
         "INSTANCE_ID",
+        "HEALTH_HISTORY_DAYS",
+        "HEALTH_HEARTBEAT_INTERVAL",
         "SENTRY_DSN",
         "CLERK_SECRET_KEY",
         "CLERK_API_URL",
