@@ -17,7 +17,9 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "letraz.settings")
 bind = [f"0.0.0.0:{env.integer('PORT', 8000)}"]  # noqa: S104
 worker_class = "gthread"
 workers = env.integer("WEB_CONCURRENCY", 2)
-threads = env.integer("GUNICORN_THREADS", 8)
+# Each open change stream (/api/v1/health/events/) holds a thread: HEALTH_STREAM_MAX more
+# threads than the ones that answer probes, so streams never take a probe's place (issue 11).
+threads = env.integer("GUNICORN_THREADS", 8) + max(0, env.integer("HEALTH_STREAM_MAX", 25))
 # A worker silent for this long is killed and replaced.
 timeout = 30
 # SIGTERM lets in-flight requests finish for this long: with a 10 s preStop drain it
@@ -58,8 +60,25 @@ def post_worker_init(worker: Any) -> None:
     from health.service import get_health_service
 
     get_health_service().warm_up()
+    _end_streams_on_exit()
     # The ~110,000 long-lived objects of Django, DRF, grpc and Sentry would be walked by
     # every full collection: a 55-85 ms pause of all the worker's threads every few
     # seconds under load (measured by bench/). Frozen, a collection walks only what
     # requests leave behind.
     gc.freeze()
+
+
+def _end_streams_on_exit() -> None:
+    """On SIGTERM, end the open change streams at once, so they do not hold the graceful stop."""
+    import signal
+
+    from health.stream import get_timeline_tail
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def end_streams(signum: int, frame: Any) -> None:
+        get_timeline_tail().close()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_streams)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.urls import path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 
+from core.timeline_views import HealthEventsView, HealthFleetView, HealthHistoryView
 from core.views import HealthView, LivenessView, ReadinessView
 
 urlpatterns = [
@@ -17,6 +18,10 @@ urlpatterns = [
     path("health", HealthView.as_view(schema=None)),
     path("health/live", LivenessView.as_view(schema=None)),
     path("health/ready", ReadinessView.as_view(schema=None)),
+    # The timeline, the fleet and the change stream (issue 11).
+    path("health/history/", HealthHistoryView.as_view(), name="health-history"),
+    path("health/fleet/", HealthFleetView.as_view(), name="health-fleet"),
+    path("health/events/", HealthEventsView.as_view(), name="health-events"),
     path("schema/", SpectacularAPIView.as_view(), name="schema"),
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("schema/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="redoc"),
