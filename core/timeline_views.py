@@ -372,7 +372,10 @@ class StatusPageView(View):
             may_see_history(request)
             context = status_context()
         except Refused as refused:
-            return HttpResponse(refused.detail, status=refused.status, content_type="text/plain; charset=utf-8")
+            answer = HttpResponse(refused.detail, status=refused.status, content_type="text/plain; charset=utf-8")
+            if refused.status == 401:
+                answer["WWW-Authenticate"] = "Bearer"
+            return answer
         except DatabaseError as exc:
             logger.warning("The status page could not read the timeline (%s)", type(exc).__name__)
             context = {"unavailable": True, "components": [], "fleet": [], "incidents": [], "bars": []}
