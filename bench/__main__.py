@@ -644,7 +644,7 @@ def fleet_main(args: argparse.Namespace) -> int:
             log(f"queries, {args.fleet_runs} runs each")
             out["queries"] = fleet.queries(args.fleet_runs, log)
             out["heartbeats"] = fleet.heartbeats(url, 5.0, args.heartbeat_seconds, log)
-            out["prune"] = fleet.prune_while_writing(log)
+            out["prune"] = fleet.prune_while_writing(url, log)
             out["streams"] = streams_beside_probes(args, wrk, env | {"HEALTH_STREAM_MAX": "40"})
     except (psycopg.OperationalError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)
@@ -657,6 +657,7 @@ def fleet_main(args: argparse.Namespace) -> int:
             1.05,
             "",
         ),
+        Goal("F. lock waits while a day is pruned (samples)", out["prune"]["lock_wait_samples"], 0, ""),
         Goal("F. writer p99 while a day is pruned", out["prune"]["writer_p99_during_ms"], fleet.GOAL_MS, "ms"),
         Goal(f"F. streams open at once (of {args.streams})", out["streams"]["open"], args.streams, "", at_least=True),
         Goal(f"F. health p99 with {args.streams} streams open", out["streams"]["with"].p99_ms, 50, "ms"),
@@ -676,7 +677,8 @@ def fleet_main(args: argparse.Namespace) -> int:
         f"  heartbeats: {out['heartbeats']['row_writes']:,} row writes for {out['heartbeats']['beats']:,} beats;"
         f" upsert p99 {out['heartbeats']['upsert_p99_ms']:.2f} ms",
         f"  prune: {out['prune']['deleted']:,} rows in {out['prune']['prune_s']:.1f} s; writer p99"
-        f" {out['prune']['writer_p99_before_ms']:.2f} ms before, {out['prune']['writer_p99_during_ms']:.2f} ms during",
+        f" {out['prune']['writer_p99_before_ms']:.2f} ms before, {out['prune']['writer_p99_during_ms']:.2f} ms during;"
+        f" lock waits seen in {out['prune']['lock_wait_samples']} of {out['prune']['samples']} samples",
         load_row(f"{HEALTH} (no stream)", out["streams"]["without"]),
         load_row(f"{HEALTH} ({out['streams']['open']} streams)", out["streams"]["with"]),
         "",

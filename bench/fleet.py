@@ -93,11 +93,12 @@ def populate(url: str, log: Callable[[str], None]) -> dict[str, Any]:
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(
             """
-            INSERT INTO health_fleetinstance (instance_id, status, states, version, boot_id, started_at, last_seen)
+            INSERT INTO health_fleetinstance
+                (instance_id, status, states, version, boot_id, current, started_at, last_seen)
             SELECT 'pod-' || lpad(i::text, 4, '0'), 'OPERATIONAL',
                    '{"sentry": "OPERATIONAL", "clerk": "OPERATIONAL", "db": "OPERATIONAL",
                      "util_service": "OPERATIONAL"}'::jsonb,
-                   '0.1.0', 'bench', now() - interval '31 days', now()
+                   '0.1.0', 'bench', '{}'::jsonb, now() - interval '31 days', now()
             FROM generate_series(1, %s) i
             """,
             [INSTANCES],
@@ -121,6 +122,37 @@ def populate(url: str, log: Callable[[str], None]) -> dict[str, Any]:
             """,
             [INSTANCES, CHANGES_PER_COMPONENT],
         )
+        # What the writer keeps as it goes: each state's seconds per hour, and the states still open.
+        conn.execute(
+            """
+            INSERT INTO health_timelinerollup (hour, component, status, seconds)
+            SELECT h, component, status, SUM(EXTRACT(EPOCH FROM LEAST(e, h + interval '1 hour') - GREATEST(s, h)))
+            FROM (
+                SELECT component, to_status AS status, at AS s,
+                       LEAD(at) OVER (PARTITION BY instance_id, component ORDER BY at) AS e
+                FROM health_timelineevent
+            ) seg
+            CROSS JOIN LATERAL generate_series(date_trunc('hour', s), e - interval '1 microsecond', interval '1 hour') h
+            WHERE e IS NOT NULL
+            GROUP BY h, component, status
+            """
+        )
+        conn.execute(
+            """
+            UPDATE health_fleetinstance f SET current = c.current
+            FROM (
+                SELECT instance_id, jsonb_object_agg(component, jsonb_build_array(to_status, EXTRACT(EPOCH FROM at)))
+                       AS current
+                FROM (
+                    SELECT DISTINCT ON (instance_id, component) instance_id, component, to_status, at
+                    FROM health_timelineevent ORDER BY instance_id, component, at DESC
+                ) last
+                GROUP BY instance_id
+            ) c
+            WHERE f.instance_id = c.instance_id
+            """
+        )
+        conn.execute("ANALYZE health_timelinerollup")
         conn.execute("ANALYZE health_timelineevent")
         conn.execute("ANALYZE health_fleetinstance")
         count = conn.execute("SELECT count(*) FROM health_timelineevent").fetchone()
@@ -159,7 +191,7 @@ def queries(runs: int, log: Callable[[str], None]) -> list[Timing]:
     """The reads behind the history API, the status page, the fleet view and the stream."""
     from django.db import connection
 
-    from health.history import changes, component_history, fleet
+    from health.history import changes, component_history, fleet_json
     from health.models import FleetInstance, TimelineEvent
     from health.timeline import as_datetime
 
@@ -182,7 +214,7 @@ def queries(runs: int, log: Callable[[str], None]) -> list[Timing]:
 
         with connection.execute_wrapper(capture):
             call()
-        return explain_sql(*statements[-1]) if statements else ""
+        return " | ".join(explain_sql(*statement) for statement in statements)
 
     out = []
     page = lambda **kw: list(changes(**kw)[:100])  # noqa: E731
@@ -220,9 +252,9 @@ def queries(runs: int, log: Callable[[str], None]) -> list[Timing]:
         out.append(timed(name, runs, call, plan_of(name, call)))
     out.append(
         timed(
-            f"fleet: all {INSTANCES:,} instances",
+            f"fleet: all {INSTANCES:,} instances (the API's JSON)",
             runs,
-            lambda: fleet(now, 30),
+            lambda: fleet_json(now, 30),
             explain(FleetInstance.objects.order_by("instance_id")),
         )
     )
@@ -303,7 +335,7 @@ def heartbeats(url: str, interval: float, seconds: float, log: Callable[[str], N
     }
 
 
-def prune_while_writing(log: Callable[[str], None]) -> dict[str, Any]:
+def prune_while_writing(url: str, log: Callable[[str], None]) -> dict[str, Any]:
     """Prune the day past retention while a writer records a change every 20 ms; its latencies."""
     from django.db import connection
 
@@ -328,16 +360,35 @@ def prune_while_writing(log: Callable[[str], None]) -> dict[str, Any]:
         finally:
             connection.close()
 
+    lock_waits = [0, 0]  # samples taken, samples in which some backend waited for a lock
+
+    def sampler() -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            while not done.is_set():
+                row = conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND wait_event_type = 'Lock'"
+                ).fetchone()
+                lock_waits[0] += 1
+                lock_waits[1] += bool(row and row[0])
+                done.wait(0.005)
+
+    done = threading.Event()
     thread = threading.Thread(target=writer)
     thread.start()
     time.sleep(3)
     phase[0] = "during"
+    watcher = threading.Thread(target=sampler)
+    watcher.start()
     started = time.monotonic()
     try:
-        deleted = prune_timeline(30)
+        # As the heartbeat prunes: batches of 1,000 with a short pause between them.
+        deleted = prune_timeline(30, pause=lambda: stop.wait(0.05))
     finally:
         connection.close()
     prune_s = time.monotonic() - started
+    done.set()
+    watcher.join()
     stop.set()
     thread.join()
     result = {
@@ -348,11 +399,14 @@ def prune_while_writing(log: Callable[[str], None]) -> dict[str, Any]:
         "writer_p99_before_ms": percentile(samples["before"], 0.99),
         "writer_p99_during_ms": percentile(samples["during"], 0.99),
         "writer_max_during_ms": max(samples["during"]),
+        "lock_wait_samples": lock_waits[1],
+        "samples": lock_waits[0],
     }
     log(
         f"fleet: pruned {deleted:,} rows (a day past retention) in {prune_s:.1f} s while a writer recorded"
         f" {len(samples['during'])} changes: its p99 {result['writer_p99_during_ms']:.2f} ms during,"
-        f" {result['writer_p99_before_ms']:.2f} ms before (max during {result['writer_max_during_ms']:.1f} ms)"
+        f" {result['writer_p99_before_ms']:.2f} ms before (max during {result['writer_max_during_ms']:.1f} ms);"
+        f" a backend waited for a lock in {lock_waits[1]} of {lock_waits[0]} samples of pg_stat_activity"
     )
     return result
 

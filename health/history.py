@@ -17,9 +17,8 @@ from typing import Any
 from django.db import connection
 from django.db.models import QuerySet
 
-from health.models import FleetInstance, TimelineEvent, TimelineKind
+from health.models import FleetInstance, TimelineEvent, TimelineKind, TimelineRollup
 from health.status import OPERATIONAL, Component
-
 
 ALL_COMPONENTS: tuple[str, ...] = tuple(component.value for component in Component)
 
@@ -77,18 +76,33 @@ def changes(
 def fleet(now: datetime, gone_after: float) -> list[FleetMember]:
     """Every instance that heartbeat within the retention, gone or not, by instance id."""
     gone_before = now - timedelta(seconds=gone_after)
+    fields = ("instance_id", "status", "states", "version", "started_at", "last_seen")
     return [
-        FleetMember(
-            row.instance_id,
-            row.status,
-            dict(row.states),
-            row.version,
-            row.started_at,
-            row.last_seen,
-            row.last_seen < gone_before,
-        )
-        for row in FleetInstance.objects.order_by("instance_id")
+        FleetMember(instance_id, status, states, version, started_at, last_seen, last_seen < gone_before)
+        for instance_id, status, states, version, started_at, last_seen in FleetInstance.objects.order_by(
+            "instance_id"
+        ).values_list(*fields)
     ]
+
+
+def fleet_json(now: datetime, gone_after: float) -> str:
+    """The fleet API's ``instances`` list as JSON text made by PostgreSQL (no row objects in Python).
+
+    A thousand instances are one string from the database straight into the response.
+    """
+    table = FleetInstance._meta.db_table
+    gone_before = connection.ops.adapt_datetimefield_value(now - timedelta(seconds=gone_after))
+    sql = f"""
+        SELECT COALESCE(json_agg(json_build_object(
+            'instance_id', instance_id, 'status', status, 'states', states, 'version', version,
+            'started_at', started_at, 'last_seen', last_seen, 'gone', last_seen < %s
+        ) ORDER BY instance_id), '[]')::text
+        FROM {table}
+    """  # noqa: S608 (the model's table, values as parameters)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, [gone_before])
+        row = cursor.fetchone()
+    return str(row[0]) if row else "[]"
 
 
 def _sql_dialect() -> dict[str, str]:
@@ -110,10 +124,129 @@ def component_history(
 ) -> dict[str, ComponentHistory]:
     """Seconds in each state per component over ``[since, until)``, and ``buckets`` availabilities.
 
+    For one instance, exact, from its rows (:func:`instance_history`); for the whole
+    fleet, from the hourly rollup plus the states still open (:func:`fleet_history`).
+    """
+    if instance:
+        return instance_history(
+            since, until, now=now, gone_after=gone_after, components=components, instance=instance, buckets=buckets
+        )
+    return fleet_history(since, until, now=now, gone_after=gone_after, components=components, buckets=buckets)
+
+
+def fleet_history(
+    since: datetime,
+    until: datetime,
+    *,
+    now: datetime,
+    gone_after: float,
+    components: Sequence[str] = ALL_COMPONENTS,
+    buckets: int = 1,
+) -> dict[str, ComponentHistory]:
+    """The fleet's instance-seconds per state: closed states from the hourly rollup, open ones from the fleet.
+
+    Reads the rollup rows of the window's hours (at most 24 x days x components x states)
+    and one row per instance, whatever the number of changes. Hour-grained: the hours at
+    the window's edges count whole, and a closed state's hour counts in the bucket where
+    the hour starts.
+    """
+    start, stop = since.timestamp(), until.timestamp()
+    width = (stop - start) / buckets
+    names = list(components)
+    per_bucket: dict[str, list[dict[str, float]]] = {name: [{} for _ in range(buckets)] for name in names}
+
+    def add(name: str, index: int, status: str, seconds: float) -> None:
+        bucket = per_bucket[name][min(buckets - 1, max(0, index))]
+        bucket[status] = bucket.get(status, 0.0) + seconds
+
+    first_hour = datetime.fromtimestamp(start - start % 3600, tz=since.tzinfo)
+    rollup = TimelineRollup.objects.filter(hour__gte=first_hour, hour__lt=until, component__in=names)
+    for hour, name, status, spent in rollup.values_list("hour", "component", "status", "seconds"):
+        if spent > 0:
+            add(name, int((hour.timestamp() - start) // width), status, spent)
+    gone_before = (now - timedelta(seconds=gone_after)).timestamp()
+    if connection.vendor == "postgresql":
+        for name, index, status, spent in _open_states_by_bucket(names, start, stop, width, buckets, now, gone_before):
+            add(name, int(index), status, float(spent))
+        return _summed(names, per_bucket)
+    for current, last_seen in FleetInstance.objects.values_list("current", "last_seen"):
+        seen = last_seen.timestamp()
+        end = min(stop, seen if seen < gone_before else now.timestamp())
+        for name in names:
+            if name not in current:
+                continue
+            status, opened = current[name]
+            moment = max(float(opened), start)
+            while moment < end:  # spread the open state over the buckets it covers
+                index = int((moment - start) // width)
+                piece_end = min(end, start + (index + 1) * width)
+                add(name, index, status, piece_end - moment)
+                moment = piece_end
+    return _summed(names, per_bucket)
+
+
+def _open_states_by_bucket(
+    names: list[str], start: float, stop: float, width: float, buckets: int, now: datetime, gone_before: float
+) -> list[tuple[str, int, str, float]]:
+    """PostgreSQL sums the open states per bucket: one row per bucket and state, not one per instance."""
+    table = FleetInstance._meta.db_table
+    sql = f"""
+        WITH open AS MATERIALIZED (
+            SELECT c.key AS component, c.value->>0 AS status,
+                   GREATEST((c.value->>1)::float8, %s) AS s,
+                   LEAST(%s, CASE WHEN EXTRACT(EPOCH FROM f.last_seen) < %s
+                                  THEN EXTRACT(EPOCH FROM f.last_seen)::float8 ELSE %s END) AS e
+            FROM {table} f CROSS JOIN LATERAL jsonb_each(f.current) c
+            WHERE c.key = ANY(%s)
+        )
+        SELECT open.component, i, open.status,
+               SUM(LEAST(open.e, %s + (i + 1) * %s) - GREATEST(open.s, %s + i * %s))
+        FROM open
+        CROSS JOIN LATERAL generate_series(
+            floor((open.s - %s) / %s)::int, LEAST(%s - 1, floor((open.e - %s) / %s)::int)
+        ) AS i
+        WHERE open.e > open.s
+        GROUP BY open.component, i, open.status
+    """  # noqa: S608 (the model's table, values as parameters)
+    params: list[Any] = [start, stop, gone_before, now.timestamp(), names]
+    params += [start, width, start, width, start, width, buckets, start, width]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def _summed(names: list[str], per_bucket: dict[str, list[dict[str, float]]]) -> dict[str, ComponentHistory]:
+    result = {}
+    for name in names:
+        seconds: dict[str, float] = {}
+        for bucket in per_bucket[name]:
+            for status, value in bucket.items():
+                seconds[status] = seconds.get(status, 0.0) + value
+        result[name] = ComponentHistory(
+            name,
+            seconds,
+            [(b.get(OPERATIONAL, 0.0) / sum(b.values())) if sum(b.values()) else None for b in per_bucket[name]],
+        )
+    return result
+
+
+def instance_history(
+    since: datetime,
+    until: datetime,
+    *,
+    now: datetime,
+    gone_after: float,
+    components: Sequence[str] = ALL_COMPONENTS,
+    instance: str | None = None,
+    buckets: int = 1,
+) -> dict[str, ComponentHistory]:
+    """Exact seconds in each state, from the rows themselves (meant for one instance).
+
     One statement: for each instance and component, its last row before ``since`` (found
     through the fleet table and the ``(instance_id, component, at)`` index) and the rows
-    in the window (the ``(component, at)`` index) become segments, cut to the window and,
-    for a gone instance, to its last heartbeat; the segments are summed per bucket.
+    in the window become segments, cut to the window and, for a gone instance, to its
+    last heartbeat; the segments are summed per bucket. Over the whole fleet this reads
+    every change in the window, which is why the fleet uses the rollup instead.
     """
     dialect = _sql_dialect()
 
@@ -164,7 +297,7 @@ def component_history(
         FROM cut JOIN b ON cut.s < %s + (b.i + 1) * %s AND cut.e > %s + b.i * %s
         WHERE cut.e > cut.s
         GROUP BY cut.component, b.i, cut.status
-    """
+    """  # noqa: S608 (table names from the models, values as parameters)
     params: list[Any] = [buckets, *names, TimelineKind.CHANGE.value, adapt(since)]
     if instance:
         params.append(instance)

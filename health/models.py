@@ -63,6 +63,9 @@ class FleetInstance(models.Model):
     states = models.JSONField(default=dict)
     version = models.CharField(max_length=32, blank=True)
     boot_id = models.CharField(max_length=32, blank=True)
+    #: Each component's state in the timeline and since when: ``{component: [status, epoch seconds]}``.
+    #: Kept by the timeline's writer; the open end of every state, for fleet-wide availability.
+    current = models.JSONField(default=dict)
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
 
@@ -71,3 +74,26 @@ class FleetInstance(models.Model):
 
     def __str__(self) -> str:
         return f"{self.instance_id} {self.status} (seen {self.last_seen})"
+
+
+class TimelineRollup(models.Model):
+    """Instance-seconds each component spent in each state, per hour, over the whole fleet.
+
+    Added to by the writer whenever a state ends (a new row closes the previous one), so
+    fleet-wide availability over days reads a few hundred of these rows instead of every
+    instance's changes; the states still open come from the fleet rows' ``current``.
+    Fleet-wide figures are therefore hour-grained at the window's edges.
+    """
+
+    hour = models.DateTimeField()
+    component = models.CharField(max_length=32)
+    status = models.CharField(max_length=16)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["hour", "component", "status"], name="health_rollup_hour_component_status")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.hour:%Y-%m-%d %H}h {self.component} {self.status} {self.seconds:.0f} s"

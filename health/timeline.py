@@ -23,6 +23,7 @@ before this one), so durations stay right across restarts.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -30,10 +31,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from django.db import DatabaseError, connection, transaction
 
-from health.models import INSTANCE, FleetInstance, TimelineEvent, TimelineKind
+from health.models import INSTANCE, FleetInstance, TimelineEvent, TimelineKind, TimelineRollup
 from health.runner import CheckResult
 
 logger = logging.getLogger("health.timeline")
@@ -45,6 +47,7 @@ MAX_RETRY_DELAY = 5.0
 FIRST_RETRY_DELAY = 0.2
 #: What ``reason`` may hold; the checks' reasons are short and carry no secrets.
 MAX_REASON = 200
+HOUR = 3600.0
 STARTED = "STARTED"
 LOST = "LOST"
 
@@ -255,10 +258,11 @@ def write_observations(
     written = 0
     with transaction.atomic():
         instance = lock_instance(instance_id)
+        current = dict(instance.current)
         for observation in observations:
             if observation.kind == TimelineKind.START:
                 written += _record_start(instance, boot_id, observation)
-            elif insert_change(instance_id, observation) is not None:
+            elif insert_change(instance_id, observation, current) is not None:
                 written += 1
         if losses is not None and losses.count:
             TimelineEvent.objects.create(
@@ -272,7 +276,9 @@ def write_observations(
             )
             written += 1
             for observation in losses.latest.values():
-                written += insert_change(instance_id, observation) is not None
+                written += insert_change(instance_id, observation, current) is not None
+        if current != instance.current:
+            FleetInstance.objects.filter(instance_id=instance_id).update(current=current)
     return written
 
 
@@ -297,12 +303,16 @@ def _record_start(instance: FleetInstance, boot_id: str, observation: Observatio
     return 1
 
 
-def insert_change(instance_id: str, observation: Observation) -> TimelineEvent | None:
+def insert_change(
+    instance_id: str, observation: Observation, current: dict[str, list[Any]] | None = None
+) -> TimelineEvent | None:
     """One ``change`` row unless the instance's timeline already says this state at that time.
 
     Buffered observations can arrive after rows another worker wrote later in time; the
     row after this one then gets its ``from_status`` and duration corrected (and is
-    dropped if it said the same state, which really began here).
+    dropped if it said the same state, which really began here). The state this row ends
+    goes into the hourly rollup; ``current`` (the fleet row's open states) is updated
+    when this is the component's newest row.
     """
     at = as_datetime(observation.at)
     rows = TimelineEvent.objects.filter(instance_id=instance_id, component=observation.component, kind="change")
@@ -318,16 +328,49 @@ def insert_change(instance_id: str, observation: Observation) -> TimelineEvent |
         previous_duration=(at - previous.at).total_seconds() if previous is not None else None,
         reason=observation.reason[:MAX_REASON],
     )
+    component = observation.component
     following = rows.filter(at__gt=at).order_by("at", "id").first()
-    if following is not None:
+    if following is None:
+        if previous is not None:  # the previous state ends here
+            add_to_rollup(component, previous.to_status, previous.at.timestamp(), observation.at)
+        if current is not None:
+            current[component] = [observation.status, observation.at]
+    else:
+        # [at, following) was counted for the previous state (or not at all before the first row).
+        if previous is not None:
+            add_to_rollup(component, previous.to_status, observation.at, following.at.timestamp(), sign=-1.0)
+        add_to_rollup(component, observation.status, observation.at, following.at.timestamp())
         if following.to_status == observation.status:
             following.delete()
             following = rows.filter(at__gt=at).order_by("at", "id").first()
+            if following is None and current is not None:  # the state now open began here
+                current[component] = [observation.status, observation.at]
         if following is not None:
             following.from_status = observation.status
             following.previous_duration = (following.at - at).total_seconds()
             following.save(update_fields=["from_status", "previous_duration"])
     return row
+
+
+def add_to_rollup(component: str, status: str, start: float, end: float, *, sign: float = 1.0) -> None:
+    """Add (or with ``sign=-1`` take back) the seconds of ``[start, end)`` to each hour they cover."""
+    pieces: list[tuple[Any, str, str, float]] = []
+    moment = start
+    adapt = connection.ops.adapt_datetimefield_value
+    while moment < end:
+        hour = math.floor(moment / HOUR) * HOUR
+        stop = min(end, hour + HOUR)
+        pieces.append((adapt(as_datetime(hour)), component, status, sign * (stop - moment)))
+        moment = stop
+    if not pieces:
+        return
+    table = TimelineRollup._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {table} (hour, component, status, seconds) VALUES (%s, %s, %s, %s)"  # noqa: S608 (a model's table)
+            f" ON CONFLICT (hour, component, status) DO UPDATE SET seconds = {table}.seconds + excluded.seconds",
+            pieces,
+        )
 
 
 def prune_timeline(days: float, *, batch: int = 1000, pause: Callable[[], bool] = lambda: False) -> int:
@@ -345,5 +388,6 @@ def prune_timeline(days: float, *, batch: int = 1000, pause: Callable[[], bool] 
             deleted += TimelineEvent.objects.filter(id__in=ids).delete()[0]
         if len(ids) < batch or pause():
             break
+    TimelineRollup.objects.filter(hour__lt=cutoff - timedelta(hours=1)).delete()
     FleetInstance.objects.filter(last_seen__lt=cutoff).delete()
     return deleted
