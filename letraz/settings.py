@@ -64,6 +64,9 @@ DATABASES = {
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Without it a connect to a silent host blocks for about two minutes.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+    # No JIT: it compiles the timeline's aggregate queries for 10-20 ms each, longer than
+    # they take to run (measured by `make bench BENCH_ARGS=--fleet`; issue 11).
+    DATABASES["default"]["OPTIONS"].setdefault("options", "-c jit=off")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Static files (Swagger UI and Redoc assets come from drf-spectacular-sidecar) -------
