@@ -69,8 +69,9 @@ class FleetInstance(models.Model):
     started_at = models.DateTimeField()
     last_seen = models.DateTimeField()
 
-    class Meta:
-        indexes = [models.Index(fields=["last_seen"], name="health_fleet_last_seen")]
+    # No index on last_seen: every heartbeat changes it, and without an index on it
+    # PostgreSQL updates the row in place (HOT), with no index write per heartbeat. The
+    # table has one row per instance; reading it whole is what the fleet view does anyway.
 
     def __str__(self) -> str:
         return f"{self.instance_id} {self.status} (seen {self.last_seen})"
