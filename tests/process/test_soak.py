@@ -99,6 +99,9 @@ def soak_server(
             DATABASE_URL=database_url,
             WEB_CONCURRENCY="1",
             GUNICORN_THREADS="4",
+            # No change streams: their threads (gunicorn.conf.py adds HEALTH_STREAM_MAX) would let
+            # the pool grow past the four this test counts on.
+            HEALTH_STREAM_MAX="0",
             HEALTH_CHECK_TIMEOUT="0.2",
             HEALTH_CACHE_TTL="0.05",
             HEALTH_MAX_STALENESS="1.0",
