@@ -645,7 +645,7 @@ def fleet_main(args: argparse.Namespace) -> int:
             out["queries"] = fleet.queries(args.fleet_runs, log)
             out["heartbeats"] = fleet.heartbeats(url, 5.0, args.heartbeat_seconds, log)
             out["prune"] = fleet.prune_while_writing(url, log)
-            out["streams"] = streams_beside_probes(args, wrk, env | {"HEALTH_STREAM_MAX": "40"})
+            out["streams"] = streams_beside_probes(args, wrk, env | {"HEALTH_STREAM_MAX": "40"}, peers[0])
     except (psycopg.OperationalError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
         print(f"bench: could not run: {exc}", file=sys.stderr)
         return 2
@@ -661,6 +661,14 @@ def fleet_main(args: argparse.Namespace) -> int:
         Goal("F. writer p99 while a day is pruned", out["prune"]["writer_p99_during_ms"], fleet.GOAL_MS, "ms"),
         Goal(f"F. streams open at once (of {args.streams})", out["streams"]["open"], args.streams, "", at_least=True),
         Goal(f"F. health p99 with {args.streams} streams open", out["streams"]["with"].p99_ms, 50, "ms"),
+        Goal(
+            f"F. streams that got the change (of {args.streams})",
+            out["streams"]["delivery"]["delivered"],
+            args.streams,
+            "",
+            at_least=True,
+        ),
+        Goal("F. change seen -> on every stream", out["streams"]["delivery"]["max_s"], 1.0, "s"),
     ]
     population = out["population"]
     lines = [
@@ -694,7 +702,9 @@ def fleet_main(args: argparse.Namespace) -> int:
     return 0 if not failed else 1
 
 
-def streams_beside_probes(args: argparse.Namespace, wrk: str, env: dict[str, str]) -> dict[str, Any]:
+def streams_beside_probes(
+    args: argparse.Namespace, wrk: str, env: dict[str, str], clerk: FakeClerkAPI
+) -> dict[str, Any]:
     """``/health/`` at few connections with no stream, then with ``--streams`` open."""
     with Server(env, RESULTS / "server-fleet.log") as server:
         log(f"server (letraz.settings, HEALTH_STREAM_MAX 40 per worker) on {server.base_url}")
@@ -705,10 +715,24 @@ def streams_beside_probes(args: argparse.Namespace, wrk: str, env: dict[str, str
         log(f"{len(sockets)} streams open ({refused} answers were 503 and retried)")
         try:
             with_streams = measure(server, HEALTH, args, wrk, seconds=args.duration, connections=args.hang_connections)
+            delivery = fleet.change_reaches_streams(
+                server.port, sockets, lambda: setattr(clerk, "mode", "unauthorized")
+            )
+            log(
+                f"clerk DOWN reached {delivery['delivered']} of {len(sockets)} streams,"
+                f" the last {fmt(delivery['max_s'])} s after the first answer showing it"
+            )
         finally:
+            clerk.mode = "ok"
             for sock in sockets:
                 sock.close()
-    return {"without": without, "with": with_streams, "open": len(sockets), "refused_503": refused}
+    return {
+        "without": without,
+        "with": with_streams,
+        "open": len(sockets),
+        "refused_503": refused,
+        "delivery": delivery,
+    }
 
 
 if __name__ == "__main__":

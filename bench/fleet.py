@@ -451,3 +451,52 @@ def setup_django(url: str) -> None:
     import django
 
     django.setup()
+
+
+def change_reaches_streams(
+    port: int, streams: list[socket.socket], flip: Callable[[], None], timeout: float = 10.0
+) -> dict[str, Any]:
+    """Seconds from the server's first answer showing clerk DOWN until each open stream has the event."""
+    import http.client
+    import json
+    import selectors
+
+    flip()
+    seen_at: float | None = None
+    deadline = time.monotonic() + timeout
+    while seen_at is None and time.monotonic() < deadline:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+        try:
+            conn.request("GET", "/api/v1/health/")
+            if json.loads(conn.getresponse().read())["details"]["clerk"] == "DOWN":
+                seen_at = time.monotonic()
+        finally:
+            conn.close()
+        time.sleep(0.02)
+    if seen_at is None:
+        return {"seen": False, "delivered": 0, "max_s": None}
+    selector = selectors.DefaultSelector()
+    buffers = dict.fromkeys(streams, b"")
+    arrived: dict[socket.socket, float] = {}
+    for sock in streams:
+        sock.setblocking(False)
+        selector.register(sock, selectors.EVENT_READ)
+    while len(arrived) < len(streams) and time.monotonic() < deadline:
+        for key, _ in selector.select(timeout=0.1):
+            sock = key.fileobj
+            assert isinstance(sock, socket.socket)
+            try:
+                chunk = sock.recv(65536)
+            except BlockingIOError:
+                continue
+            buffers[sock] += chunk
+            if b'"component":"clerk"' in buffers[sock] and b'"to_status":"DOWN"' in buffers[sock]:
+                arrived.setdefault(sock, time.monotonic())
+    selector.close()
+    delays = [at - seen_at for at in arrived.values()]
+    return {
+        "seen": True,
+        "delivered": len(arrived),
+        "max_s": max(delays) if delays else None,
+        "median_s": statistics.median(delays) if delays else None,
+    }

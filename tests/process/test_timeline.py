@@ -229,7 +229,7 @@ class EventReader:
         self.sock.close()
 
 
-def test_the_stream_delivers_a_change_within_a_second_and_resumes_from_last_event_id(
+def test_the_stream_delivers_a_change_and_resumes_from_last_event_id(
     database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilService, tmp_path: Path
 ) -> None:
     env = server_env(database_url, "pod-sse", clerk_api, util_service, WEB_CONCURRENCY="1", HEALTH_STREAM_MAX="2")
@@ -239,12 +239,13 @@ def test_the_stream_delivers_a_change_within_a_second_and_resumes_from_last_even
         try:
             assert reader.status == 200 and "text/event-stream" in reader.headers
             clerk_api.mode = ClerkMode.UNAUTHORIZED
-            # The instance notices within a heartbeat (0.5 s) plus a check; the stream then has 1 s.
+            # The instance notices within a heartbeat (0.5 s) plus a check. The goal (within 1 s of
+            # that) is measured by `make bench BENCH_ARGS=--fleet`; here a bound that never fails by chance.
             seen = poll(
                 lambda: json.loads(http_request(port, HEALTH)[2])["details"]["clerk"], lambda s: s == "DOWN", timeout=10
             )
             assert seen == "DOWN"
-            event = reader.next_event(timeout=1.0)
+            event = reader.next_event(timeout=10.0)
             assert (event["event"], event["component"], event["to_status"]) == ("change", "clerk", "DOWN")
             assert "reason" not in event, "reasons only with the diagnostics token"
 
