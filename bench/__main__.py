@@ -414,7 +414,8 @@ def goals(args: argparse.Namespace, a: dict[str, Any], b: dict[str, Any]) -> lis
         Goal("2. health req/s / django-health-check req/s", health.rps / max(dhc.rps, 1e-9), 5, "x", at_least=True),
         Goal("3. Clerk calls (GET /jwks)", up["calls"]["clerk"], up["bound"], ""),
         Goal("3. util service calls (HealthCheck)", up["calls"]["util_service"], up["bound"], ""),
-        Goal("3. database connections (pg_stat_database)", up["calls"]["db"], up["bound"], ""),
+        # Plus the timeline's two connections per worker (its writer's and its heartbeat's, kept open).
+        Goal("3. database connections (pg_stat_database)", up["calls"]["db"], up["bound"] + 2 * args.workers, ""),
         Goal(
             "4. first answer, fresh server, deps hanging", b["first_answer"]["seconds"], args.check_timeout + 0.1, "s"
         ),

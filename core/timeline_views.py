@@ -316,6 +316,8 @@ class EventStream:
 
 class HealthEventsView(TimelineAPIView):
     renderer_classes = [EventStreamRenderer]
+    # HEAD would open a stream that never ends for a body nobody reads.
+    http_method_names = ["get"]
 
     @extend_schema(
         operation_id="health_events_retrieve",

@@ -105,21 +105,25 @@ class Heartbeat:
                 self._next_prune = time.monotonic() + PRUNE_EVERY
                 prune_timeline(self.history_days, pause=lambda: self._stop.wait(0.05))
         except DatabaseError as exc:
+            # This thread keeps one connection across beats (a new one per beat would be a
+            # database session every interval per worker); a failed one is dropped here.
+            connection.close()
             if not self._failing:
                 self._failing = True
                 logger.warning("fleet: the heartbeat could not be written (%s); retrying", type(exc).__name__)
             return
-        finally:
-            connection.close()  # this thread's own connection
         if self._failing:
             self._failing = False
             logger.info("fleet: the heartbeat is written again")
 
     def _run(self) -> None:
-        while True:
-            try:
-                self.beat()
-            except Exception:  # a bug must not end the heartbeat for the life of the process
-                logger.exception("fleet: the heartbeat failed")
-            if self._stop.wait(self.interval):
-                return
+        try:
+            while True:
+                try:
+                    self.beat()
+                except Exception:  # a bug must not end the heartbeat for the life of the process
+                    logger.exception("fleet: the heartbeat failed")
+                if self._stop.wait(self.interval):
+                    return
+        finally:
+            connection.close()

@@ -199,6 +199,12 @@ class TimelineRecorder:
     # -- the writer thread -----------------------------------------------------------------
 
     def _run(self) -> None:
+        try:
+            self._write_until_stopped()
+        finally:
+            connection.close()
+
+    def _write_until_stopped(self) -> None:
         delay = FIRST_RETRY_DELAY
         while True:
             with self._condition:
@@ -212,6 +218,9 @@ class TimelineRecorder:
             try:
                 written = write_observations(self.instance_id, self.boot_id, batch, losses)
             except DatabaseError as exc:
+                # This thread keeps one connection while it works (Django's request cycle never
+                # closes it); a failed one is dropped and the retry connects again.
+                connection.close()
                 self._failed(exc, len(batch))
                 with self._condition:
                     self._losses = losses.then(self._losses)
@@ -221,8 +230,6 @@ class TimelineRecorder:
                         self._condition.wait(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
-            finally:
-                connection.close()  # this thread's own; Django's request cycle never closes it
             delay = FIRST_RETRY_DELAY
             with self._condition:
                 for _ in batch:

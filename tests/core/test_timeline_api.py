@@ -129,6 +129,7 @@ def test_streams_beyond_the_bound_are_a_clear_503(client: Client) -> None:
     assert response["Retry-After"] == "5"
     assert "already serves 0 streams" in body(response)["detail"]
     assert client.get(EVENTS, HTTP_LAST_EVENT_ID="12; DROP").status_code == 400
+    assert client.head(EVENTS).status_code == 405
 
 
 def test_the_status_page_shows_states_bars_incidents_and_the_fleet_but_no_reasons(
