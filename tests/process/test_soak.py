@@ -188,8 +188,9 @@ def test_ten_thousand_probes_leak_no_threads_files_or_connections(
         assert s.threads <= baseline.threads + 4, samples
         assert s.fds <= baseline.fds + 16, samples
         # The db check closes its connection after every run, one run at a time per
-        # process: one connection, plus at most one backend still exiting after a close.
-        assert s.db_connections <= 2, samples
+        # process: one connection, plus at most one backend still exiting after a close;
+        # and the timeline's writer and heartbeat keep one connection each (issue 11).
+        assert s.db_connections <= 2 + 2, samples
 
 
 def _maybe_worker(master: int) -> int | None:

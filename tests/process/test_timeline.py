@@ -85,6 +85,9 @@ def server_env(
         "GUNICORN_THREADS": "4",
         "HEALTH_STREAM_MAX": "4",
         "HEALTH_CHECK_TIMEOUT": "0.9",
+        # Changes are noticed within a heartbeat plus half a second, not a 5 s TTL.
+        "HEALTH_CACHE_TTL": "0.5",
+        "HEALTH_MAX_STALENESS": "1",
         "HEALTH_HEARTBEAT_INTERVAL": "0.5",
         "HEALTH_FLEET_GONE_AFTER": "3",
     }
@@ -242,10 +245,12 @@ def test_the_stream_delivers_a_change_and_resumes_from_last_event_id(
             # The instance notices within a heartbeat (0.5 s) plus a check. The goal (within 1 s of
             # that) is measured by `make bench BENCH_ARGS=--fleet`; here a bound that never fails by chance.
             seen = poll(
-                lambda: json.loads(http_request(port, HEALTH)[2])["details"]["clerk"], lambda s: s == "DOWN", timeout=10
+                lambda: json.loads(http_request(port, HEALTH)[2])["details"]["clerk"],
+                lambda s: s == "DOWN",
+                timeout=SETTLE,
             )
             assert seen == "DOWN"
-            event = reader.next_event(timeout=10.0)
+            event = reader.next_event(timeout=SETTLE)
             assert (event["event"], event["component"], event["to_status"]) == ("change", "clerk", "DOWN")
             assert "reason" not in event, "reasons only with the diagnostics token"
 
@@ -270,9 +275,11 @@ def test_the_stream_delivers_a_change_and_resumes_from_last_event_id(
             interval=0.5,
         )
         try:
-            assert resumed.next_event(timeout=5)["id"] == event["id"], "Last-Event-ID resumes with the missed event"
+            assert resumed.next_event(timeout=SETTLE)["id"] == event["id"], (
+                "Last-Event-ID resumes with the missed event"
+            )
             clerk_api.mode = ClerkMode.OK
-            after = resumed.next_event(timeout=10)
+            after = resumed.next_event(timeout=SETTLE)
             assert after["id"] > event["id"] and after["to_status"] == "OPERATIONAL"
             assert after["previous_duration"] > 0
         finally:
