@@ -69,6 +69,8 @@ def server(
             HEALTH_STREAM_MAX="4",
             HEALTH_CHECK_TIMEOUT="0.9",
             HEALTH_HEARTBEAT_INTERVAL="0.5",
+            HEALTH_CACHE_TTL="0.5",  # the instance notices the change within about a second
+            HEALTH_MAX_STALENESS="1",
             **peer_env(clerk_api, util_service),
         )
         with running_gunicorn(env, tmp_path / "gunicorn.log") as (_, port):
