@@ -459,7 +459,12 @@ def report(
         f"  upstream calls from server start until the end of the {HEALTH} and {LIVE} runs:",
         f"  window {up['window_s']:.1f} s, bound = {args.workers} workers x (window / TTL {args.ttl:g} s + 1)"
         f" = {up['bound']:.1f}; {up['health_requests']:,} measured health requests",
-        *(f"    {UPSTREAM[name]:<26} {count:>5}   (bound {up['bound']:.1f})" for name, count in up["calls"].items()),
+        *(
+            f"    {UPSTREAM[name]:<26} {count:>5}   (bound {up['bound'] + extra:.1f})"
+            for name, count in up["calls"].items()
+            for extra in [2 * args.workers if name == "db" else 0]
+        ),
+        "  (PostgreSQL's bound adds the timeline's writer and heartbeat connections: 2 per worker)",
         f"  django-health-check opened {a['django_health_check_db_sessions']:,} database connections"
         f" for {a['django_health_check'].requests:,} requests",
         f"  Sentry receiver: {sentry['envelopes']} envelopes, items {sentry['items']} (events = changes of state)",
