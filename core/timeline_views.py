@@ -13,6 +13,9 @@ import hmac
 import json
 import logging
 import math
+import select
+import socket
+import ssl
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack
@@ -46,6 +49,8 @@ logger = logging.getLogger("health")
 
 #: A comment line every this many seconds keeps proxies from closing a quiet stream.
 KEEP_ALIVE = 15.0
+#: How often a quiet stream looks whether its client has gone (seconds).
+GONE_CHECK = 1.0
 #: The reconnection delay the stream asks browsers for (milliseconds).
 RETRY_MS = 2000
 DEFAULT_WINDOW = timedelta(hours=24)
@@ -282,6 +287,20 @@ class EventStreamRenderer(BaseRenderer):
         return b""  # the stream writes itself; this only names the media type for the schema
 
 
+def client_gone(client: socket.socket | None) -> bool:
+    """True once the client closed its connection (an SSE client sends nothing after its request).
+
+    Without the socket (another server), a gone client is found when a write fails.
+    """
+    if client is None or isinstance(client, ssl.SSLSocket):
+        return False
+    try:
+        readable, _, _ = select.select([client], [], [], 0)
+        return bool(readable) and client.recv(1, socket.MSG_PEEK) == b""
+    except (OSError, ValueError):
+        return True
+
+
 class EventStream:
     """The SSE body: the missed rows after ``Last-Event-ID``, then each new row, with keep-alives.
 
@@ -292,6 +311,7 @@ class EventStream:
     def __init__(self, tail: TimelineTail, position: int, backlog: list[TimelineEvent], *, reasons: bool) -> None:
         self._tail, self._position, self._backlog, self._reasons = tail, position, backlog, reasons
         self.resources = ExitStack()
+        self.client: socket.socket | None = None
 
     def _event(self, event: TimelineEvent) -> bytes:
         data = json.dumps(event_body(event, reasons=self._reasons), separators=(",", ":"))
@@ -302,12 +322,18 @@ class EventStream:
         sent = {event.id for event in self._backlog}
         for event in self._backlog:
             yield self._event(event)
+        quiet_since = time.monotonic()
         while not self._tail.closed:
-            self._position, events = self._tail.wait(self._position, KEEP_ALIVE)
+            self._position, events = self._tail.wait(self._position, GONE_CHECK)
             if not events:
-                yield b": keep-alive\n\n"
+                if client_gone(self.client):
+                    return  # its place is free at once, not at a write that fails later
+                if time.monotonic() - quiet_since >= KEEP_ALIVE:
+                    quiet_since = time.monotonic()
+                    yield b": keep-alive\n\n"
             for event in events:
                 if event.id not in sent:
+                    quiet_since = time.monotonic()
                     yield self._event(event)
 
     def close(self) -> None:
@@ -366,6 +392,8 @@ class HealthEventsView(TimelineAPIView):
             raise
         body = EventStream(tail, position, backlog, reasons=reasons)
         body.resources = resources
+        client = request.META.get("gunicorn.socket")  # gunicorn's sync and gthread workers give it
+        body.client = client if isinstance(client, socket.socket) else None
         stream = StreamingHttpResponse(body, content_type="text/event-stream; charset=utf-8")
         stream["Cache-Control"] = "no-store"
         stream["X-Accel-Buffering"] = "no"  # nginx and friends: pass each event on at once

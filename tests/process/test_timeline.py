@@ -39,6 +39,8 @@ pytestmark = [pytest.mark.process, pytest.mark.postgres]
 FLEET, HEALTH, EVENTS = "/api/v1/health/fleet/", "/api/v1/health/", "/api/v1/health/events/"
 #: Generous bounds for a loaded 2-core machine; none of them is a speed goal.
 SETTLE = 20.0
+#: core.timeline_views.KEEP_ALIVE: a gone client must not wait for it.
+KEEP_ALIVE = 15.0
 
 
 @dataclass(frozen=True)
@@ -299,3 +301,13 @@ def test_the_stream_delivers_a_change_and_resumes_from_last_event_id(
                     r.close()
         finally:
             resumed.close()
+
+        # Closed streams give their places back within about a second (each quiet stream looks at
+        # its socket every second), long before a keep-alive would have found them gone.
+        started = time.monotonic()
+        again = poll(lambda: EventReader(port), lambda r: r.status == 200, timeout=SETTLE, interval=0.2)
+        try:
+            assert again.status == 200
+            assert time.monotonic() - started < KEEP_ALIVE, "places were freed only by a failing keep-alive"
+        finally:
+            again.close()
