@@ -38,7 +38,9 @@ bind = [f"0.0.0.0:{env.integer('PORT', 8000)}"]  # noqa: S104
 worker_class = "letraz.gunicorn_worker.ThreadedWSGIWorker"
 workers = env.integer("WEB_CONCURRENCY", 2)
 # Threads that run Django, per worker; connections waiting for their headers hold none.
-threads = env.integer("GUNICORN_THREADS", 8)
+# Each open change stream (/api/v1/health/events/) holds one more: HEALTH_STREAM_MAX more
+# threads than the ones that answer probes, so streams never take a probe's place.
+threads = env.integer("GUNICORN_THREADS", 8) + max(0, env.integer("HEALTH_STREAM_MAX", 25))
 # The app is WSGI behind a2wsgi: no ASGI lifespan events to send.
 asgi_lifespan = "off"
 # A worker silent for this long is killed and replaced.
@@ -111,6 +113,7 @@ def post_worker_init(worker: Any) -> None:
     from health.service import get_health_service
 
     get_health_service().warm_up()
+    _end_streams_on_exit()
     # The ~110,000 long-lived objects of Django, DRF, grpc and Sentry would be walked by
     # every full collection: a 55-85 ms pause of all the worker's threads every few
     # seconds under load (measured by bench/). Frozen, a collection walks only what
@@ -129,3 +132,19 @@ def on_exit(server: Any) -> None:
     """Remove the metrics directory if it was made here."""
     if OWN_METRICS_DIR:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
+
+
+def _end_streams_on_exit() -> None:
+    """On SIGTERM, end the open change streams at once, so they do not hold the graceful stop."""
+    import signal
+
+    from health.stream import get_timeline_tail
+
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def end_streams(signum: int, frame: Any) -> None:
+        get_timeline_tail().close()
+        if callable(previous):
+            previous(signum, frame)
+
+    signal.signal(signal.SIGTERM, end_streams)

@@ -39,6 +39,7 @@ from typing import Any
 
 import psycopg
 
+from bench import fleet
 from bench.load import WrkResult, WrkUnavailable, ensure_wrk, run_wrk
 from bench.machine import CpuMeter
 from bench.server import REPO, Answer, Server, manage
@@ -458,7 +459,8 @@ def goals(args: argparse.Namespace, a: dict[str, Any], b: dict[str, Any]) -> lis
         Goal("2. health req/s / django-health-check req/s", health.rps / max(dhc.rps, 1e-9), 5, "x", at_least=True),
         Goal("3. Clerk calls (GET /jwks)", up["calls"]["clerk"], up["bound"], ""),
         Goal("3. util service calls (HealthCheck)", up["calls"]["util_service"], up["bound"], ""),
-        Goal("3. database connections (pg_stat_database)", up["calls"]["db"], up["bound"], ""),
+        # Plus the timeline's two connections per worker (its writer's and its heartbeat's, kept open).
+        Goal("3. database connections (pg_stat_database)", up["calls"]["db"], up["bound"] + 2 * args.workers, ""),
         Goal(
             "4. first answer, fresh server, deps hanging", b["first_answer"]["seconds"], args.check_timeout + 0.1, "s"
         ),
@@ -512,7 +514,12 @@ def report(
         f"  upstream calls from server start until the end of the {HEALTH} and {LIVE} runs:",
         f"  window {up['window_s']:.1f} s, bound = {args.workers} workers x (window / TTL {args.ttl:g} s + 1)"
         f" = {up['bound']:.1f}; {up['health_requests']:,} measured health requests",
-        *(f"    {UPSTREAM[name]:<26} {count:>5}   (bound {up['bound']:.1f})" for name, count in up["calls"].items()),
+        *(
+            f"    {UPSTREAM[name]:<26} {count:>5}   (bound {up['bound'] + extra:.1f})"
+            for name, count in up["calls"].items()
+            for extra in [2 * args.workers if name == "db" else 0]
+        ),
+        "  (PostgreSQL's bound adds the timeline's writer and heartbeat connections: 2 per worker)",
         f"  django-health-check opened {a['django_health_check_db_sessions']:,} database connections"
         f" for {a['django_health_check'].requests:,} requests",
         f"  Sentry receiver: {sentry['envelopes']} envelopes, items {sentry['items']} (events = changes of state)",
@@ -604,8 +611,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--slow-rounds", type=int, default=100, help="probes per path while slow clients hold (100)")
     parser.add_argument("--database-url", default=DEFAULT_DATABASE_URL, help=f"PostgreSQL ({DEFAULT_DATABASE_URL})")
-    parser.add_argument("--output", type=Path, default=RESULTS / "latest.json", help="results as JSON")
-    return parser.parse_args(argv)
+    parser.add_argument("--output", type=Path, default=None, help="results as JSON (latest.json, fleet.json)")
+    fleet.add_arguments(parser)
+    args = parser.parse_args(argv)
+    if args.output is None:
+        args.output = RESULTS / ("fleet.json" if args.fleet else "latest.json")
+    return args
 
 
 def run(args: argparse.Namespace, wrk: str) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
@@ -630,6 +641,8 @@ def run(args: argparse.Namespace, wrk: str) -> tuple[dict[str, Any], dict[str, A
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so every server and peer is stopped
+    if args.fleet:
+        return fleet_main(args)
     try:
         wrk = ensure_wrk()
     except WrkUnavailable as exc:
@@ -678,6 +691,129 @@ def main(argv: list[str] | None = None) -> int:
     args.output.write_text(json.dumps(jsonable(payload), indent=2) + "\n")
     print(f"\n  results: {args.output.relative_to(REPO) if args.output.is_relative_to(REPO) else args.output}")
     return 0 if payload["passed"] else 1
+
+
+# -- the fleet-scale bench (issue 11) ---------------------------------------------------
+
+
+def fleet_main(args: argparse.Namespace) -> int:
+    """The timeline and fleet queries at 1,000 instances and 1,000,000 rows, and 50 streams beside probes."""
+    try:
+        wrk = ensure_wrk()
+    except WrkUnavailable as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    print(
+        f"Letraz fleet bench (issue 11), {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC:"
+        f" {os.cpu_count()} CPU core(s), load average {os.getloadavg()[0]:.2f}; PostgreSQL {args.database_url}",
+        flush=True,
+    )
+    out: dict[str, Any] = {}
+    try:
+        with ExitStack() as stack:
+            url = stack.enter_context(fleet.scratch_database(args.database_url))
+            peers = (
+                stack.enter_context(FakeClerkAPI()),
+                stack.enter_context(FakeUtilService(grpc_health=False)),
+                stack.enter_context(SentryReceiver()),
+            )
+            env = server_env(args, "letraz.settings", *peers) | {"DATABASE_URL": url}
+            log("manage.py migrate (a scratch database)")
+            manage(["migrate", "--noinput"], env, timeout=60)
+            out["population"] = fleet.populate(url, log)
+            fleet.setup_django(url)
+            log(f"queries, {args.fleet_runs} runs each")
+            out["queries"] = fleet.queries(args.fleet_runs, log)
+            out["heartbeats"] = fleet.heartbeats(url, 5.0, args.heartbeat_seconds, log)
+            out["prune"] = fleet.prune_while_writing(url, log)
+            out["streams"] = streams_beside_probes(args, wrk, env | {"HEALTH_STREAM_MAX": "40"}, peers[0])
+    except (psycopg.OperationalError, RuntimeError, TimeoutError, subprocess.SubprocessError) as exc:
+        print(f"bench: could not run: {exc}", file=sys.stderr)
+        return 2
+    checked = [
+        *(Goal(f"F. {t.name[:49]}", t.p99_ms, fleet.GOAL_MS, "ms") for t in out["queries"]),
+        Goal(
+            "F. heartbeat row writes per instance per interval",
+            out["heartbeats"]["writes_per_instance_per_interval"],
+            1.05,
+            "",
+        ),
+        Goal("F. lock waits while a day is pruned (samples)", out["prune"]["lock_wait_samples"], 0, ""),
+        Goal("F. writer p99 while a day is pruned", out["prune"]["writer_p99_during_ms"], fleet.GOAL_MS, "ms"),
+        Goal(f"F. streams open at once (of {args.streams})", out["streams"]["open"], args.streams, "", at_least=True),
+        Goal(f"F. health p99 with {args.streams} streams open", out["streams"]["with"].p99_ms, 50, "ms"),
+        Goal(
+            f"F. streams that got the change (of {args.streams})",
+            out["streams"]["delivery"]["delivered"],
+            args.streams,
+            "",
+            at_least=True,
+        ),
+        Goal("F. change seen -> on every stream", out["streams"]["delivery"]["max_s"], 1.0, "s"),
+    ]
+    population = out["population"]
+    lines = [
+        "",
+        "RESULTS (fleet)",
+        "",
+        f"  {population['rows']:,} rows, {population['instances']:,} instances: table"
+        f" {population['table_bytes'] / 2**20:.0f} MiB + indexes {population['index_bytes'] / 2**20:.0f} MiB"
+        f" = {population['bytes_per_row']:.0f} bytes per row",
+        "",
+        f"  {'query':<58} {'p50 ms':>8} {'p99 ms':>8} {'runs':>6}",
+        *(t.row() + f"\n      plan: {t.plan}" for t in out["queries"]),
+        "",
+        f"  heartbeats: {out['heartbeats']['row_writes']:,} row writes for {out['heartbeats']['beats']:,} beats;"
+        f" upsert p99 {out['heartbeats']['upsert_p99_ms']:.2f} ms",
+        f"  prune: {out['prune']['deleted']:,} rows in {out['prune']['prune_s']:.1f} s; writer p99"
+        f" {out['prune']['writer_p99_before_ms']:.2f} ms before, {out['prune']['writer_p99_during_ms']:.2f} ms during;"
+        f" lock waits seen in {out['prune']['lock_wait_samples']} of {out['prune']['samples']} samples",
+        load_row(f"{HEALTH} (no stream)", out["streams"]["without"]),
+        load_row(f"{HEALTH} ({out['streams']['open']} streams)", out["streams"]["with"]),
+        "",
+        f"  {'goal':<52} {'measured':>14} {'goal':>16}   result",
+        *(g.row() for g in checked),
+    ]
+    failed = [g for g in checked if not g.passed]
+    lines.append(f"  {len(checked) - len(failed)}/{len(checked)} goals met" + (": ALL PASS" if not failed else ""))
+    print("\n".join(lines), flush=True)
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"fleet": out, "goals": checked, "passed": not failed}
+    args.output.write_text(json.dumps(jsonable(payload), indent=2, default=str) + "\n")
+    return 0 if not failed else 1
+
+
+def streams_beside_probes(
+    args: argparse.Namespace, wrk: str, env: dict[str, str], clerk: FakeClerkAPI
+) -> dict[str, Any]:
+    """``/health/`` at few connections with no stream, then with ``--streams`` open."""
+    with Server(env, RESULTS / "server-fleet.log") as server:
+        log(f"server (letraz.settings, HEALTH_STREAM_MAX 40 per worker) on {server.base_url}")
+        server.wait_until_serving()
+        warm(server, HEALTH, args, wrk)
+        without = measure(server, HEALTH, args, wrk, seconds=args.duration, connections=args.hang_connections)
+        sockets, refused = fleet.open_streams(server.port, args.streams, timeout=30)
+        log(f"{len(sockets)} streams open ({refused} answers were 503 and retried)")
+        try:
+            with_streams = measure(server, HEALTH, args, wrk, seconds=args.duration, connections=args.hang_connections)
+            delivery = fleet.change_reaches_streams(
+                server.port, sockets, lambda: setattr(clerk, "mode", "unauthorized")
+            )
+            log(
+                f"clerk DOWN reached {delivery['delivered']} of {len(sockets)} streams,"
+                f" the last {fmt(delivery['max_s'])} s after the first answer showing it"
+            )
+        finally:
+            clerk.mode = "ok"
+            for sock in sockets:
+                sock.close()
+    return {
+        "without": without,
+        "with": with_streams,
+        "open": len(sockets),
+        "refused_503": refused,
+        "delivery": delivery,
+    }
 
 
 if __name__ == "__main__":

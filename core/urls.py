@@ -15,6 +15,7 @@ from drf_spectacular.views import SpectacularSwaggerView
 
 from core.diagnostics import DiagnosticsView
 from core.docs import OfflineRedocView, ServedSchemaView, redoc_bundle
+from core.timeline_views import HealthEventsView, HealthFleetView, HealthHistoryView
 from core.views import HealthView, LivenessView, ReadinessView
 
 urlpatterns = [
@@ -27,6 +28,10 @@ urlpatterns = [
     path("health", HealthView.as_view(schema=None), name="health-noslash"),
     path("health/live", LivenessView.as_view(schema=None), name="health-live-noslash"),
     path("health/ready", ReadinessView.as_view(schema=None), name="health-ready-noslash"),
+    # The timeline, the fleet and the change stream (issue 11).
+    path("health/history/", HealthHistoryView.as_view(), name="health-history"),
+    path("health/fleet/", HealthFleetView.as_view(), name="health-fleet"),
+    path("health/events/", HealthEventsView.as_view(), name="health-events"),
     path("schema/", ServedSchemaView.as_view(), name="schema"),
     path("schema/swagger-ui/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
     path("schema/redoc/", OfflineRedocView.as_view(url_name="schema"), name="redoc"),

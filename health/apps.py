@@ -8,4 +8,8 @@ class HealthConfig(AppConfig):
     verbose_name = "Health engine"
 
     def ready(self) -> None:
-        from health import system_checks  # noqa: F401  (registers the checks)
+        # BOOT_ID is made here, so in gunicorn's master before it forks: one per server start.
+        from health import (
+            system_checks,  # noqa: F401  (registers the checks)
+            timeline,  # noqa: F401
+        )

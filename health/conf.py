@@ -20,6 +20,7 @@ from django.conf import settings
 from health.status import Component
 
 UTIL_PROTOCOLS = ("letraz", "grpc")
+STATUS_PAGE_MODES = ("public", "token", "off")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 
 
@@ -174,6 +175,37 @@ class HealthSettings:
         """Each component's TTL: ``HEALTH_CACHE_TTL_<COMPONENT>`` if set, else ``HEALTH_CACHE_TTL``."""
         return {c: self.cache_ttl_overrides.get(c, self.cache_ttl) for c in Component}
 
+    # -- the timeline, the fleet, the stream and the status page ----------------------
+
+    @property
+    def history_days(self) -> float:
+        """Days of timeline kept; 0 turns the timeline and the fleet heartbeat off."""
+        return float(getattr(settings, "HEALTH_HISTORY_DAYS", 30))
+
+    @property
+    def timeline_enabled(self) -> bool:
+        return self.history_days > 0
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return float(getattr(settings, "HEALTH_HEARTBEAT_INTERVAL", 5.0))
+
+    @property
+    def fleet_gone_after(self) -> float:
+        return float(getattr(settings, "HEALTH_FLEET_GONE_AFTER", 30.0))
+
+    @property
+    def stream_max(self) -> int:
+        return int(getattr(settings, "HEALTH_STREAM_MAX", 25))
+
+    @property
+    def status_page(self) -> str:
+        return str(getattr(settings, "HEALTH_STATUS_PAGE", "public"))
+
+    @property
+    def diagnostics_token(self) -> str:
+        return str(getattr(settings, "HEALTH_DIAGNOSTICS_TOKEN", ""))
+
 
 health_settings = HealthSettings()
 
@@ -283,4 +315,22 @@ def configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[s
                     "seconds.",
                 )
             )
+    return errors + timeline_configuration_errors(conf)
+
+
+def timeline_configuration_errors(conf: HealthSettings = health_settings) -> list[tuple[str, str]]:
+    """The timeline's, the fleet's, the stream's and the status page's settings (issue 11)."""
+    errors: list[tuple[str, str]] = []
+    if conf.history_days < 0:
+        errors.append(("health.E101", "HEALTH_HISTORY_DAYS must be zero (no timeline) or more days."))
+    if conf.heartbeat_interval <= 0:
+        errors.append(("health.E102", "HEALTH_HEARTBEAT_INTERVAL must be a positive number of seconds."))
+    if conf.fleet_gone_after <= conf.heartbeat_interval:
+        errors.append(("health.E103", "HEALTH_FLEET_GONE_AFTER must be longer than HEALTH_HEARTBEAT_INTERVAL."))
+    if conf.stream_max < 0:
+        errors.append(("health.E104", "HEALTH_STREAM_MAX must be zero (no streams) or more."))
+    if conf.status_page not in STATUS_PAGE_MODES:
+        errors.append(("health.E105", f"HEALTH_STATUS_PAGE must be one of {', '.join(STATUS_PAGE_MODES)}."))
+    elif conf.status_page == "token" and not conf.diagnostics_token:
+        errors.append(("health.E106", "HEALTH_STATUS_PAGE=token needs HEALTH_DIAGNOSTICS_TOKEN."))
     return errors

@@ -236,7 +236,12 @@ def get_health_service() -> HealthService:
     if service is None:
         with _service_lock:
             if _service is None:
-                _service = build_service(listeners=[*default_listeners(), *configured_listeners()])
+                from health.recording import start_recording, timeline_listeners
+
+                _service = build_service(
+                    listeners=[*default_listeners(), *configured_listeners(), *timeline_listeners()]
+                )
+                start_recording(_service)
             service = _service
     return service
 
@@ -244,8 +249,11 @@ def get_health_service() -> HealthService:
 def reset_health_service() -> None:
     """Drop this process's service; the next call builds one from current settings."""
     global _service
+    from health.recording import stop_recording
+
     with _service_lock:
         service, _service = _service, None
+    stop_recording()
     if service is not None:
         service.close()
 
@@ -254,6 +262,9 @@ def _forget_after_fork() -> None:
     # Threads and channels do not survive fork(); the child builds its own service.
     global _service, _service_lock
     _service, _service_lock = None, threading.Lock()
+    from health.recording import forget_after_fork
+
+    forget_after_fork()
 
 
 os.register_at_fork(after_in_child=_forget_after_fork)
@@ -269,6 +280,8 @@ _HEALTH_SETTINGS = frozenset(
         "HEALTH_DRAIN_FILE",
         "HEALTH_EVENT_INTERVAL",
         "HEALTH_LISTENERS",
+        "HEALTH_HISTORY_DAYS",
+        "HEALTH_HEARTBEAT_INTERVAL",
         "INSTANCE_ID",
         "SENTRY_DSN",
         "CLERK_SECRET_KEY",

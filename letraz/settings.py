@@ -82,6 +82,9 @@ DATABASES = {"default": _database}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     # Without it a connect to a silent host blocks for about two minutes.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
+    # No JIT: it compiles the timeline's aggregate queries for 10-20 ms each, longer than
+    # they take to run (measured by `make bench BENCH_ARGS=--fleet`; issue 11).
+    DATABASES["default"]["OPTIONS"].setdefault("options", "-c jit=off")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Static files (Swagger UI and Redoc assets come from drf-spectacular-sidecar) -------
@@ -194,6 +197,13 @@ HEALTH_DRAIN_FILE = env.string("HEALTH_DRAIN_FILE")
 # At most one Sentry event per component per this many seconds while it flaps.
 HEALTH_EVENT_INTERVAL = env.number("HEALTH_EVENT_INTERVAL", 600.0)
 INSTANCE_ID = env.string("INSTANCE_ID")
+# The timeline, the fleet and the status page (issue 11).
+HEALTH_HISTORY_DAYS = env.number("HEALTH_HISTORY_DAYS", 30)
+HEALTH_HEARTBEAT_INTERVAL = env.number("HEALTH_HEARTBEAT_INTERVAL", 5.0)
+HEALTH_FLEET_GONE_AFTER = env.number("HEALTH_FLEET_GONE_AFTER", 30.0)
+HEALTH_STREAM_MAX = env.integer("HEALTH_STREAM_MAX", 25)
+HEALTH_STATUS_PAGE = env.string("HEALTH_STATUS_PAGE", "public")
+HEALTH_DIAGNOSTICS_TOKEN = env.string("HEALTH_DIAGNOSTICS_TOKEN")
 
 CLERK_SECRET_KEY = env.string("CLERK_SECRET_KEY")
 CLERK_API_URL = env.string("CLERK_API_URL", "https://api.clerk.com/v1")

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from django.urls import include, path
 
+from core.timeline_views import StatusPageView
+
 urlpatterns = [
     path("api/v1/", include("core.urls")),
+    path("status/", StatusPageView.as_view(), name="status"),
 ]

@@ -17,3 +17,5 @@ from letraz.settings import *  # noqa: E402,F403
 # Every check runs live unless a test asks for caching.
 HEALTH_CACHE_TTL = 0.0
 HEALTH_MAX_STALENESS = 0.0
+# No timeline or heartbeat threads unless a test turns them on (they write to the database).
+HEALTH_HISTORY_DAYS = 0.0

@@ -290,7 +290,10 @@ def test_drain_on_the_command_line_needs_the_setting(cli_env: dict[str, str], tm
 
 @pytest.fixture
 def web(cli_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[ServerProcess, int]]:
-    with running_gunicorn(cli_env | {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2"}, tmp_path / "web.log") as started:
+    # Live answers (no cache): the server's heartbeat keeps a cached result fresh, so a
+    # dependency stopped during the test would otherwise show only after the TTL.
+    live = {"WEB_CONCURRENCY": "1", "GUNICORN_THREADS": "2", "HEALTH_CACHE_TTL": "0", "HEALTH_MAX_STALENESS": "0"}
+    with running_gunicorn(cli_env | live, tmp_path / "web.log") as started:
         yield started
 
 

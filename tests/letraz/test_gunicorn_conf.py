@@ -27,9 +27,9 @@ def loaded(monkeypatch: pytest.MonkeyPatch, **environ: str) -> Config:
 
 
 def test_an_event_loop_reads_requests_and_threads_run_django(monkeypatch: pytest.MonkeyPatch) -> None:
-    config = loaded(monkeypatch, GUNICORN_THREADS="6")
+    config = loaded(monkeypatch, GUNICORN_THREADS="6", HEALTH_STREAM_MAX="4")
     assert config.worker_class_str == "letraz.gunicorn_worker.ThreadedWSGIWorker"
-    assert config.threads == 6
+    assert config.threads == 6 + 4  # the change streams' threads come on top of the requests'
     assert (config.keepalive, HEADER_READ_TIMEOUT) == (5, 5.0)
 
 

@@ -12,12 +12,14 @@ import argparse
 import json
 import logging
 import math
+import re
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -42,6 +44,9 @@ RETRY_INTERVAL = 0.5
 MAX_LIVE_BODY = 64 * 1024
 
 KNOWN_COMPONENTS = tuple(c.value for c in Component)
+#: The most rows ``--history`` prints (the newest ones).
+HISTORY_ROWS = 10_000
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,22 @@ def parse_components(values: str | Sequence[str] | None) -> tuple[Component, ...
     return tuple(c for c in Component if c.value in names)
 
 
+def since_argument(text: str) -> datetime:
+    """The type of ``--since``: ISO 8601 (UTC when no offset is given), or ago as ``90m``, ``24h``, ``7d``."""
+    from django.utils.dateparse import parse_datetime
+
+    match = re.fullmatch(r"(\d{1,6})([smhd])", text.strip())
+    if match:
+        return datetime.now(tz=UTC) - timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    try:
+        parsed = parse_datetime(text.strip())
+    except ValueError:
+        parsed = None
+    if parsed is None:
+        raise argparse.ArgumentTypeError(f"expected ISO 8601 or an age such as 24h or 7d, got {text!r}")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
 def non_negative_seconds(text: str) -> float:
     """The type of ``--wait``: seconds, zero or more."""
     try:
@@ -192,6 +213,19 @@ class Command(BaseCommand):
             action="store_true",
             help="No JSON; only the exit status speaks, plus the one-line reason when the server could not say yes.",
         )
+        parser.add_argument(
+            "--history",
+            action="store_true",
+            help="Print the incident timeline (every instance, oldest first) and each component's availability "
+            "instead of checking; --component narrows it. Exit 1 if the database cannot be read.",
+        )
+        parser.add_argument(
+            "--since",
+            type=since_argument,
+            default=None,
+            metavar="WHEN",
+            help="With --history: from when, as ISO 8601 (2026-01-31T12:00:00Z) or ago (90m, 24h, 7d); default 24h.",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         quiet: bool = options["quiet"]
@@ -199,6 +233,13 @@ class Command(BaseCommand):
         if not isinstance(wait, int | float) or not math.isfinite(wait) or wait < 0:
             raise CommandError("--wait needs a non-negative number of seconds.", returncode=EXIT_USAGE)
         live: str | None = options["live"]
+        if options["history"]:
+            if live is not None:
+                raise CommandError("--history cannot be used with --live.", returncode=EXIT_USAGE)
+            self.print_history(parse_components(options["component"]), options["since"], quiet=quiet)
+            return
+        if options["since"] is not None:
+            raise CommandError("--since goes with --history.", returncode=EXIT_USAGE)
         if live is not None:
             if options["component"]:
                 raise CommandError("--component cannot be used with --live.", returncode=EXIT_USAGE)
@@ -222,6 +263,43 @@ class Command(BaseCommand):
             self.stderr.write(json.dumps(outcome.diagnostics, indent=2))
         if not outcome.healthy:
             raise SystemExit(EXIT_DEGRADED)
+
+    def print_history(self, components: tuple[Component, ...] | None, since: datetime | None, *, quiet: bool) -> None:
+        """The timeline as the history API gives it, one line per row, then availability per component."""
+        from django.db import DatabaseError
+
+        from core.timeline_views import duration_text, percent
+        from health.conf import health_settings
+        from health.history import ALL_COMPONENTS, changes, component_history
+
+        until = datetime.now(tz=UTC)
+        since = since or until - timedelta(hours=24)
+        names = [c.value for c in components] if components else list(ALL_COMPONENTS)
+        try:
+            rows = list(reversed(changes(since=since, until=until)[:HISTORY_ROWS]))
+            histories = component_history(
+                since, until, now=until, gone_after=health_settings.fleet_gone_after, components=names
+            )
+        except DatabaseError as exc:
+            self.stderr.write(f"health: the timeline could not be read ({type(exc).__name__})")
+            raise SystemExit(EXIT_DEGRADED) from None
+        if quiet:
+            return
+        self.stdout.write(f"Timeline from {since:%Y-%m-%d %H:%M:%S} to {until:%Y-%m-%d %H:%M:%S} UTC")
+        for row in rows:
+            if row.component not in names and row.component != "instance":
+                continue
+            lasted = f" ({row.from_status} lasted {duration_text(row.previous_duration)})" if row.from_status else ""
+            change = f"{row.from_status or '?'} -> {row.to_status}" if row.kind == "change" else row.to_status
+            reason = f" [{row.reason}]" if row.reason else ""
+            self.stdout.write(
+                f"{row.at:%Y-%m-%d %H:%M:%S}  {row.instance_id}  {row.component}  {change}{lasted}{reason}"
+            )
+        if not rows:
+            self.stdout.write("(no changes)")
+        for name, history in histories.items():
+            spent = ", ".join(f"{state} {duration_text(seconds)}" for state, seconds in sorted(history.seconds.items()))
+            self.stdout.write(f"{name}: {percent(history.availability)} available ({spent or 'nothing observed'})")
 
     def check_configuration(self, *, verbosity: int) -> None:
         """Run the system checks; any error is a configuration error (exit 2)."""
