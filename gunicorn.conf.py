@@ -113,7 +113,6 @@ def post_worker_init(worker: Any) -> None:
     from health.service import get_health_service
 
     get_health_service().warm_up()
-    _end_streams_on_exit()
     # The ~110,000 long-lived objects of Django, DRF, grpc and Sentry would be walked by
     # every full collection: a 55-85 ms pause of all the worker's threads every few
     # seconds under load (measured by bench/). Frozen, a collection walks only what
@@ -132,19 +131,3 @@ def on_exit(server: Any) -> None:
     """Remove the metrics directory if it was made here."""
     if OWN_METRICS_DIR:
         shutil.rmtree(METRICS_DIR, ignore_errors=True)
-
-
-def _end_streams_on_exit() -> None:
-    """On SIGTERM, end the open change streams at once, so they do not hold the graceful stop."""
-    import signal
-
-    from health.stream import get_timeline_tail
-
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def end_streams(signum: int, frame: Any) -> None:
-        get_timeline_tail().close()
-        if callable(previous):
-            previous(signum, frame)
-
-    signal.signal(signal.SIGTERM, end_streams)

@@ -64,3 +64,14 @@ class ThreadedWSGIWorker(gasgi.ASGIWorker):  # type: ignore[misc]
 
     def load_wsgi(self) -> None:
         self.asgi = WSGIMiddleware(self.app.wsgi(), workers=self.cfg.threads)
+
+    def handle_exit_signal(self) -> None:
+        """SIGTERM: open change streams end at once, so they never hold the graceful stop.
+
+        A stream never finishes on its own; left open, each would keep the worker until
+        ``graceful_timeout`` and then be cut. Probes in flight still finish as usual.
+        """
+        from health.stream import get_timeline_tail
+
+        get_timeline_tail().close()
+        super().handle_exit_signal()

@@ -311,3 +311,21 @@ def test_the_stream_delivers_a_change_and_resumes_from_last_event_id(
             assert time.monotonic() - started < KEEP_ALIVE, "places were freed only by a failing keep-alive"
         finally:
             again.close()
+
+
+def test_sigterm_ends_open_streams_at_once_and_the_server_exits_0(
+    database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilService, tmp_path: Path
+) -> None:
+    env = server_env(database_url, "pod-stop", clerk_api, util_service, WEB_CONCURRENCY="1", HEALTH_STREAM_MAX="2")
+    with running_gunicorn(env, tmp_path / "gunicorn.log") as (server, port):
+        readers = [EventReader(port), EventReader(port)]
+        try:
+            assert [r.status for r in readers] == [200, 200]
+            started = time.monotonic()
+            server.terminate()
+            # graceful_timeout is 20 s: a stream that held the stop would reach it.
+            assert server.wait(timeout=SETTLE) == 0, server.output
+            assert time.monotonic() - started < 10, "open streams held the graceful stop"
+        finally:
+            for reader in readers:
+                reader.close()
