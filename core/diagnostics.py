@@ -33,12 +33,10 @@ from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication
 from rest_framework.exceptions import AuthenticationFailed, NotFound
 from rest_framework.permissions import IsAuthenticated
-from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
-from core.views import JSONWhateverTheAccept
+from core.views import HealthAPIView
 from health.conf import HealthSettings, health_settings
 from health.service import HealthService, get_health_service
 from health.status import Component
@@ -329,13 +327,9 @@ class DiagnosticsTokenScheme(OpenApiAuthenticationExtension):  # type: ignore[no
 _ERROR = inline_serializer("DiagnosticsError", {"detail": serializers.CharField()})
 
 
-class DiagnosticsView(APIView):
-    http_method_names = ["get", "head"]
+class DiagnosticsView(HealthAPIView):
     authentication_classes = [DiagnosticsTokenAuthentication]
     permission_classes = [IsAuthenticated]
-    throttle_classes: list[Any] = []
-    renderer_classes = [JSONRenderer]
-    content_negotiation_class = JSONWhateverTheAccept
 
     @extend_schema(
         operation_id="health_diagnostics_retrieve",

@@ -32,14 +32,12 @@ from django.views import View
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema
 from rest_framework.pagination import CursorPagination
-from rest_framework.permissions import AllowAny
-from rest_framework.renderers import BaseRenderer, JSONRenderer
+from rest_framework.renderers import BaseRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.views import APIView
 
 from core.serializers import FleetSerializer, HistorySerializer, ProblemSerializer
-from core.views import JSONWhateverTheAccept
+from core.views import HealthAPIView
 from health.conf import health_settings
 from health.history import ALL_COMPONENTS, component_history, fleet, fleet_json
 from health.history import changes as timeline_changes
@@ -135,20 +133,8 @@ class HistoryPagination(CursorPagination):
     max_page_size = 1000
 
 
-class TimelineAPIView(APIView):
+class TimelineAPIView(HealthAPIView):
     """Public (subject to HEALTH_STATUS_PAGE), JSON, never cached, no 500 when the database is down."""
-
-    http_method_names = ["get", "head"]
-    authentication_classes: list[Any] = []
-    permission_classes = [AllowAny]
-    throttle_classes: list[Any] = []
-    renderer_classes = [JSONRenderer]
-    content_negotiation_class = JSONWhateverTheAccept
-
-    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
-        response = super().finalize_response(request, response, *args, **kwargs)
-        response["Cache-Control"] = "no-store"
-        return response
 
     def answer(self, request: Request) -> Response | JsonResponse:
         raise NotImplementedError

@@ -59,10 +59,14 @@ def _strip_body(response: Any) -> None:
     response.content = b""
 
 
-class ProbeView(APIView):
-    """Public, JSON-only, never cached by anyone in between."""
+class HealthAPIView(APIView):
+    """The health API's views: read-only, JSON whatever the Accept, never cached in between.
 
-    # Probes read; OPTIONS would answer 200 with DRF's metadata, so it is a 405 too.
+    Public unless a subclass says otherwise (diagnostics want a token, the timeline
+    follows ``HEALTH_STATUS_PAGE``).
+    """
+
+    # They read; OPTIONS would answer 200 with DRF's metadata, so it is a 405 too.
     http_method_names = ["get", "head"]
     authentication_classes: list[Any] = []
     permission_classes = [AllowAny]
@@ -73,6 +77,14 @@ class ProbeView(APIView):
     def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
         response = super().finalize_response(request, response, *args, **kwargs)
         response["Cache-Control"] = "no-store"
+        return response
+
+
+class ProbeView(HealthAPIView):
+    """The probes: public, and a 503 is an answer, not a server error."""
+
+    def finalize_response(self, request: Request, response: Any, *args: Any, **kwargs: Any) -> Any:
+        response = super().finalize_response(request, response, *args, **kwargs)
         # A 503 here is an answer, not a server error: Django would log every one at
         # ERROR (and Sentry's logging integration would send each as an event).
         response._has_been_logged = True
