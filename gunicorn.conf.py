@@ -54,14 +54,14 @@ keepalive = 5
 # Forwarded headers: X-Forwarded-Proto and friends set the scheme only from these peers
 # (settings.FORWARDED_ALLOW_IPS: none by default); request headers never become
 # SCRIPT_NAME or PATH_INFO (the app lives at /); a header whose name has "_" (which would
-# collide with a "-" one in the WSGI environ) is refused with a 400.
+# collide with a "-" one in the WSGI environ) is dropped.
 forwarded_allow_ips = ",".join(_trusted_proxies)
 # A fixed proxy prefix comes from the server's own environment, never from a request:
 # SCRIPT_NAME=/letraz serves /letraz/api/... as SCRIPT_NAME /letraz + PATH_INFO /api/...
 # (the ASGI root_path, which a2wsgi strips from the path).
 root_path = env.string("SCRIPT_NAME")
 forwarder_headers = ""
-header_map = "refuse"
+header_map = "drop"
 accesslog = "-"
 errorlog = "-"
 logger_class = "letraz.gunicorn_logging.ProbeQuietLogger"

@@ -55,6 +55,13 @@ GONE_CHECK = 1.0
 RETRY_MS = 2000
 DEFAULT_WINDOW = timedelta(hours=24)
 MAX_BUCKETS = 500
+#: One Server-Sent Event as the schema describes it (and schemathesis checks it): the
+#: timeline row's id, its kind as the event name, the row as JSON in ``data``.
+SSE_EVENT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"id": {"type": "string"}, "event": {"type": "string"}, "data": {"type": "string"}},
+    "required": ["id", "event", "data"],
+}
 
 
 class Refused(Exception):
@@ -115,7 +122,7 @@ def _raw_json(text: str) -> JsonResponse:
 
 
 def _when(text: str | None, name: str, default: datetime) -> datetime:
-    if not text:
+    if text is None:
         return default
     try:
         parsed = parse_datetime(text.replace(" ", "+"))  # a '+' in a query string arrives as a blank
@@ -154,8 +161,16 @@ _WINDOW_PARAMETERS = [
     OpenApiParameter("until", OpenApiTypes.DATETIME, description="End of the window (default: now)."),
     OpenApiParameter("component", OpenApiTypes.STR, description="One component, or `instance` for starts and gaps."),
     OpenApiParameter("instance", OpenApiTypes.STR, description="One instance id."),
-    OpenApiParameter("buckets", OpenApiTypes.INT, description="Availability per this many slices (default 1)."),
-    OpenApiParameter("page_size", OpenApiTypes.INT, description="Changes per page (default 100, at most 1000)."),
+    OpenApiParameter(
+        "buckets",
+        {"type": "integer", "minimum": 1, "maximum": MAX_BUCKETS},
+        description="Availability per this many slices (default 1).",
+    ),
+    OpenApiParameter(
+        "page_size",
+        {"type": "integer", "minimum": 1, "maximum": HistoryPagination.max_page_size},
+        description="Changes per page (default 100, at most 1000).",
+    ),
     OpenApiParameter("cursor", OpenApiTypes.STR, description="From a previous answer's `next`."),
 ]
 
@@ -189,8 +204,12 @@ class HealthHistoryView(TimelineAPIView):
         now = as_datetime(time.time())
         until = _when(params.get("until"), "until", now)
         since = _when(params.get("since"), "since", until - DEFAULT_WINDOW)
-        if since >= until:
-            raise Refused(400, "since must be before until.")
+        if since > until:
+            raise Refused(400, "since must not be after until.")
+        if since == until:
+            # A window of zero length is the instant itself: one microsecond, so that its
+            # slices have a width (OpenAPI cannot say "since < until"; both are valid dates).
+            until += timedelta(microseconds=1)
         component = params.get("component") or None
         if component is not None and component not in (*ALL_COMPONENTS, INSTANCE):
             raise Refused(400, f"component must be one of {', '.join((*ALL_COMPONENTS, INSTANCE))}.")
@@ -201,6 +220,10 @@ class HealthHistoryView(TimelineAPIView):
         if not buckets_text.isdigit() or not 1 <= int(buckets_text) <= MAX_BUCKETS:
             raise Refused(400, f"buckets must be a whole number from 1 to {MAX_BUCKETS}.")
         paginator = HistoryPagination()
+        size_text = params.get(paginator.page_size_query_param)
+        if size_text is not None and not (size_text.isdigit() and 1 <= int(size_text) <= paginator.max_page_size):
+            # DRF would quietly clamp it; a number out of the documented range is an error.
+            raise Refused(400, f"page_size must be a whole number from 1 to {paginator.max_page_size}.")
         rows = timeline_changes(component=component, instance=instance, since=since, until=until)
         page = paginator.paginate_queryset(rows, request, view=self) or []
         measured = [component] if component in ALL_COMPONENTS else list(ALL_COMPONENTS) if component is None else []
@@ -370,11 +393,16 @@ class HealthEventsView(TimelineAPIView):
         ),
         parameters=[
             OpenApiParameter(
-                "Last-Event-ID", OpenApiTypes.INT, OpenApiParameter.HEADER, description="Resume after this id."
+                "Last-Event-ID",
+                {"type": "integer", "minimum": 0},
+                OpenApiParameter.HEADER,
+                description="Resume after this id.",
             )
         ],
         responses={
-            (200, "text/event-stream"): OpenApiResponse(OpenApiTypes.STR, description="The event stream."),
+            (200, "text/event-stream"): OpenApiResponse(
+                SSE_EVENT_SCHEMA, description="The event stream: one event per timeline row, `data` its JSON."
+            ),
             (400, "application/json"): ProblemSerializer,
             (401, "application/json"): ProblemSerializer,
             (404, "application/json"): ProblemSerializer,
@@ -387,8 +415,9 @@ class HealthEventsView(TimelineAPIView):
 
     def answer(self, request: Request) -> Any:
         reasons = may_see_history(request)
+        # Browsers send it only when they have an id; present but blank is a malformed request.
         last_text = request.headers.get("Last-Event-ID", "").strip()
-        if last_text and not (last_text.isdigit() and len(last_text) <= 18):
+        if "Last-Event-ID" in request.headers and not (last_text.isdigit() and len(last_text) <= 18):
             raise Refused(400, "Last-Event-ID must be a timeline id (a whole number).")
         tail = get_timeline_tail()
         stream_max = health_settings.stream_max

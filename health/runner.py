@@ -324,10 +324,16 @@ class ComponentMonitor:
             return self._result
 
     def refresh(self) -> None:
-        """Start a run unless one is in flight, without waiting (warm-up)."""
+        """Start a run unless one is in flight or the result is still fresh, without waiting.
+
+        Warm-up calls it while another caller (the fleet heartbeat) may already have had a
+        fresh answer: asking again then would cost the dependency a call the TTL forbids.
+        """
         with self._lock:
             now = self._clock()
             self._settle(now)
+            if self._result is not None and now <= self._fresh_until:
+                return
             if self._run is None:
                 self._start(now)
 

@@ -133,6 +133,17 @@ def test_a_fresh_result_is_served_without_running_the_check(harness: Harness) ->
     assert harness.check.runs == 1
 
 
+def test_warm_up_after_another_caller_got_a_fresh_answer_asks_nothing(harness: Harness) -> None:
+    # The fleet heartbeat may have asked first; warm-up must not ask again within the TTL.
+    harness.finish(harness.monitor.poll())
+    harness.monitor.refresh()
+    assert harness.monitor.in_flight is None
+    assert harness.check.runs == 1
+    harness.clock.now += 5.1  # past the TTL: warm-up (or any refresh) asks again
+    harness.monitor.refresh()
+    assert harness.monitor.in_flight is not None
+
+
 def test_a_stale_result_is_served_at_once_while_one_refresh_runs(harness: Harness) -> None:
     first = harness.finish(harness.monitor.poll())
     harness.check.gate.clear()

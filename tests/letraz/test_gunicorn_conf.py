@@ -38,7 +38,7 @@ def test_forwarded_headers_are_trusted_from_nobody_by_default(monkeypatch: pytes
     config = loaded(monkeypatch)
     assert config.forwarded_allow_ips == []
     assert config.forwarder_headers == []  # never SCRIPT_NAME or PATH_INFO from a header
-    assert config.header_map == "refuse"
+    assert config.header_map == "drop"
 
 
 def test_the_trusted_proxies_come_from_forwarded_allow_ips(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -41,7 +41,7 @@ from tests.process.support import (
 )
 from tests.reporting import print_section
 
-pytestmark = pytest.mark.process
+pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 SCHEMA_PATH = "/api/v1/schema/"
@@ -117,6 +117,10 @@ class FuzzRun:
         ]
 
 
+#: Configured on the server and given to schemathesis for the diagnostics operation.
+DIAGNOSTICS_TOKEN = "fuzzing-diagnostics-token"
+
+
 @pytest.fixture(scope="module")
 def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     with migrated_database(tmp_path_factory.mktemp("fuzz-db")) as url:
@@ -153,6 +157,8 @@ def served(
         # A loaded CI machine must not turn a healthy peer into a 503 mid-run.
         HEALTH_CHECK_TIMEOUT="3",
         HEALTH_DRAIN_FILE=str(tmp_path / "drain"),
+        # Diagnostics exist (a 401 without the token, as documented) rather than hide as a 404.
+        HEALTH_DIAGNOSTICS_TOKEN=DIAGNOSTICS_TOKEN,
         **(peer_env(clerk_api, util_service) if operational else {}),
     )
     with running_gunicorn(env, tmp_path / "gunicorn.log") as (server, port):
@@ -177,7 +183,12 @@ def test_every_operation_survives_schemathesis_with_all_checks(
     config = tmp_path / "schemathesis.toml"
     # Only what the schema declares may be a 5xx (nothing while OPERATIONAL).
     allowed = ["2xx", "3xx", "4xx", *(str(code) for code in served.declared_5xx)]
-    config.write_text(f"[checks.not_a_server_error]\nexpected-statuses = {json.dumps(allowed)}\n")
+    # The diagnostics token, as an operator would hold it, so their 200 is fuzzed too.
+    config.write_text(
+        f"[checks.not_a_server_error]\nexpected-statuses = {json.dumps(allowed)}\n"
+        f'[[operations]]\ninclude-path = "/health/diagnostics/"\n'
+        f'headers = {{ Authorization = "Bearer {DIAGNOSTICS_TOKEN}" }}\n'
+    )
     command = [
         SCHEMATHESIS,
         "--config-file",
@@ -194,8 +205,12 @@ def test_every_operation_survives_schemathesis_with_all_checks(
         str(SEED),
         "--workers",
         "1",
+        # An event stream never ends: each of its cases is read until this timeout, so it
+        # is short, and the cases per operation are bounded, to keep the run a minute or so.
         "--request-timeout",
-        "10",
+        "3",
+        "--max-examples",
+        "20",
         "--generation-database",
         "none",
         "--no-color",
