@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from health.conf import DEFAULT_STREAM_MAX
 from letraz.env import env
 from letraz.logging import gunicorn_logconfig, parse_log_format
 from letraz.proxies import trusted_proxies
@@ -40,7 +41,7 @@ workers = env.integer("WEB_CONCURRENCY", 2)
 # Threads that run Django, per worker; connections waiting for their headers hold none.
 # Each open change stream (/api/v1/health/events/) holds one more: HEALTH_STREAM_MAX more
 # threads than the ones that answer probes, so streams never take a probe's place.
-threads = env.integer("GUNICORN_THREADS", 8) + max(0, env.integer("HEALTH_STREAM_MAX", 25))
+threads = env.integer("GUNICORN_THREADS", 8) + max(0, env.integer("HEALTH_STREAM_MAX", DEFAULT_STREAM_MAX))
 # The app is WSGI behind a2wsgi: no ASGI lifespan events to send.
 asgi_lifespan = "off"
 # A worker silent for this long is killed and replaced.

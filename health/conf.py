@@ -20,6 +20,9 @@ from django.conf import settings
 from health.status import Component
 
 UTIL_PROTOCOLS = ("letraz", "grpc")
+#: HEALTH_STREAM_MAX's default: settings.py and gunicorn.conf.py (which adds as many
+#: threads per worker) read it from here.
+DEFAULT_STREAM_MAX = 25
 STATUS_PAGE_MODES = ("public", "token", "off")
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_]([A-Za-z0-9_-]{0,62})(\.[A-Za-z0-9_-]{1,63})*\.?$")
 
@@ -196,7 +199,7 @@ class HealthSettings:
 
     @property
     def stream_max(self) -> int:
-        return int(getattr(settings, "HEALTH_STREAM_MAX", 25))
+        return int(getattr(settings, "HEALTH_STREAM_MAX", DEFAULT_STREAM_MAX))
 
     @property
     def status_page(self) -> str:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import dj_database_url
 
+from health.conf import DEFAULT_STREAM_MAX
 from health.status import Component
 from letraz.env import env, masked
 from letraz.logging import logging_config, parse_log_format
@@ -201,7 +202,7 @@ INSTANCE_ID = env.string("INSTANCE_ID")
 HEALTH_HISTORY_DAYS = env.number("HEALTH_HISTORY_DAYS", 30)
 HEALTH_HEARTBEAT_INTERVAL = env.number("HEALTH_HEARTBEAT_INTERVAL", 5.0)
 HEALTH_FLEET_GONE_AFTER = env.number("HEALTH_FLEET_GONE_AFTER", 30.0)
-HEALTH_STREAM_MAX = env.integer("HEALTH_STREAM_MAX", 25)
+HEALTH_STREAM_MAX = env.integer("HEALTH_STREAM_MAX", DEFAULT_STREAM_MAX)
 HEALTH_STATUS_PAGE = env.string("HEALTH_STATUS_PAGE", "public")
 HEALTH_DIAGNOSTICS_TOKEN = env.string("HEALTH_DIAGNOSTICS_TOKEN")
 
