@@ -226,6 +226,7 @@ class Row:
     recovery_ms: float | None = None
     answers: int = 0
     result: str = "FAIL"
+    retried: str = ""  # why the case ran a second pass, if it did
 
     def cells(self) -> list[str]:
         def ms(value: float | None) -> str:
@@ -241,7 +242,7 @@ class Row:
             ms(self.live_ms),
             ms(self.recovery_ms),
             str(self.answers),
-            self.result,
+            self.result + (f" (2nd pass; 1st: {self.retried})" if self.retried else ""),
         ]
 
 
@@ -429,10 +430,12 @@ def test_fault(matrix: Matrix, dependency: str, fault: str) -> None:
     matrix.rows.append(row)  # in the table even when an assertion below fails
     slow, failures, history = run_case(matrix, row, dependency, fault)
     if slow and not failures:
-        # Everything else held, only the first answer was late: once more, from the start.
-        # A moment when the shared machine stalled does not come twice in a row; a slow
-        # code path does. The table shows both times.
-        row.late_ms = row.first_ms
+        # Everything else held, only a timing failed (a late first answer, a dip after the
+        # recovery): once more, from the start. A moment when the shared machine stalled
+        # does not come twice in a row; a slow code path or a relapse does. The table
+        # shows both first answers and why the case ran twice.
+        row.late_ms, row.retried = row.first_ms, "; ".join(slow)
+        row.recovery_ms = None
         slow, failures, history = run_case(matrix, row, dependency, fault)
     failures = slow + failures
     row.result = "FAIL" if failures else "ok"
@@ -492,12 +495,14 @@ def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[lis
     lift_fault(proxy)
     lifted_at = time.monotonic()
     recovered: Answer | None = None
+    came_back: Answer | None = None  # the first healthy answer, even if a dip followed
     confirm_until = lifted_at + RECOVERY_BOUND + 2.0  # looks a little past the bound, to say when
     while time.monotonic() < confirm_until:
         answer = probe("lifted")
         if not answer.healthy:
             recovered = None
         elif recovered is None:
+            came_back = came_back or answer
             recovered = answer
             confirm_until = max(answer.received_at + CONFIRM, lifted_at + TTL + TIMEOUT)
         time.sleep(POLL_INTERVAL)
@@ -520,7 +525,15 @@ def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[lis
         failures.append(f"the first answer asked {dependency} {calls} times: a cached answer?")
     if fault == "latency" and dependency != "sentry" and first.seconds < LATENCY:
         failures.append(f"the first answer took {first.seconds * 1000:.0f} ms, under one delayed round trip")
-    if recovered is None:
+    if recovered is None and came_back is not None:
+        # It came back, then one answer dipped: a check over its limit while the shared
+        # machine stalled (the matrix runs production's 0.5 s limit), or a real relapse.
+        # Like a late first answer, it gets one more pass from the start; a relapse comes again.
+        slow.append(
+            f"back {(came_back.received_at - lifted_at) * 1000:.0f} ms after the fault was lifted,"
+            f" then not OPERATIONAL for {CONFIRM:g} s in a row"
+        )
+    elif recovered is None:
         failures.append(f"not back to OPERATIONAL for {CONFIRM:g} s in a row after the fault was lifted")
     elif recovered.received_at - lifted_at > RECOVERY_BOUND:
         failures.append(f"recovered after {row.recovery_ms:.0f} ms > {RECOVERY_BOUND * 1000:.0f} ms")
