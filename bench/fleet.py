@@ -178,7 +178,7 @@ def explain(query: Any) -> str:
     return "; ".join(line.strip().split("  (")[0] for line in text.splitlines() if "Scan" in line or "scan" in line)
 
 
-def explain_sql(statement: str, params: list[Any]) -> str:
+def explain_sql(statement: str, params: Any) -> str:
     from django.db import connection
 
     with connection.cursor() as cursor:
@@ -206,10 +206,10 @@ def queries(runs: int, log: Callable[[str], None]) -> list[Timing]:
 
     # The availability statement's plan, caught as it runs.
     def plan_of(name: str, call: Callable[[], object]) -> str:
-        statements: list[tuple[str, list[Any]]] = []
+        statements: list[tuple[str, Any]] = []
 
         def capture(execute: Any, statement: str, params: Any, many: bool, context: Any) -> Any:
-            statements.append((statement, list(params or [])))
+            statements.append((statement, params))  # a list or, by name, a dict
             return execute(statement, params, many, context)
 
         with connection.execute_wrapper(capture):

@@ -66,3 +66,87 @@ def test_a_gone_instance_counts_only_until_its_last_heartbeat() -> None:
     assert history["db"].buckets == [pytest.approx(1.0)]
     assert [(m.instance_id, m.gone) for m in fleet(at(100), gone_after=30)] == [("pod-a", True)]
     assert fleet(at(60), gone_after=30)[0].gone is False
+
+
+@pytest.mark.parametrize(("days", "buckets"), [(1, 24), (7, 28), (1, 1)])
+def test_postgresql_spreads_the_open_states_over_the_buckets_as_python_does(days: int, buckets: int) -> None:
+    """The status page's statement against the plain loop, on a fleet of every shape.
+
+    States opened before the window, inside it, on a bucket's edge and after its end;
+    instances live and gone (their states end at the last heartbeat); a component absent.
+    """
+    from random import Random
+
+    from health.history import _open_states_by_bucket, _open_states_in_python
+
+    rng = Random(20261130)  # fixed: the same fleet on every run
+    now = T0 + 30 * 24 * H
+    start, stop = now - days * 24 * H, now
+    width = (stop - start) / buckets
+    statuses = ["OPERATIONAL", "DOWN", "DEGRADED"]
+    for number in range(300):
+        opened = {
+            name: rng.choice(
+                [
+                    start - rng.uniform(0, 5 * 24 * H),  # before the window
+                    rng.uniform(start, stop),  # inside it
+                    start + rng.randrange(buckets) * width,  # on a bucket's edge
+                    stop + rng.uniform(1, H),  # after it (a clock ahead)
+                ]
+            )
+            for name in ("clerk", "db", "util_service")
+            if rng.random() < 0.9
+        }
+        seen = now - rng.choice([0.0, 5.0, 120.0, rng.uniform(0, days * 24 * H)])  # live, or gone a while
+        FleetInstance.objects.create(
+            instance_id=f"pod-{number:03d}",
+            current={name: [rng.choice(statuses), at] for name, at in opened.items()},
+            started_at=as_datetime(start - 10 * 24 * H),
+            last_seen=as_datetime(seen),
+        )
+
+    def summed(pieces: list[tuple[str, int, str, float]]) -> dict[tuple[str, int, str], float]:
+        total: dict[tuple[str, int, str], float] = {}
+        for name, index, status, seconds in pieces:
+            total[(name, int(index), status)] = total.get((name, int(index), status), 0.0) + seconds
+        return {key: value for key, value in total.items() if abs(value) > 1e-6}
+
+    arguments = (["clerk", "db", "util_service", "sentry"], start, stop, width, buckets, as_datetime(now), now - 30)
+    expected = summed(_open_states_in_python(*arguments))
+    got = summed(_open_states_by_bucket(*arguments))
+    assert len(expected) > buckets  # the fleet covers many buckets and states
+    assert got.keys() == expected.keys()
+    for key, seconds in expected.items():
+        assert got[key] == pytest.approx(seconds, rel=1e-9, abs=1e-3), key
+
+
+@pytest.mark.parametrize(("days", "buckets"), [(1, 24), (7, 28)])
+def test_postgresql_sums_the_rollup_by_bucket_as_python_does(days: int, buckets: int) -> None:
+    from random import Random
+
+    from health.history import _closed_states_by_bucket, _closed_states_in_python
+
+    rng = Random(20261130)
+    now = T0 + 30 * 24 * H + 1234.5  # not on the hour: the window's first hour starts before it
+    start = now - days * 24 * H
+    for hour in range(-2, days * 24 + 2):  # a little before and after the window too
+        for name in ("clerk", "db"):
+            for status in ("OPERATIONAL", "DOWN"):
+                if rng.random() < 0.7:
+                    TimelineRollup.objects.create(
+                        hour=as_datetime(T0 + 30 * 24 * H - days * 24 * H + hour * H),
+                        component=name,
+                        status=status,
+                        seconds=rng.choice([0.0, rng.uniform(1, 3600 * 50)]),
+                    )
+    arguments = (["clerk", "db", "sentry"], start, as_datetime(now), (now - start) / buckets)
+
+    def summed(pieces: list[tuple[str, int, str, float]]) -> dict[tuple[str, int, str], float]:
+        total: dict[tuple[str, int, str], float] = {}
+        for name, index, status, seconds in pieces:
+            total[(name, int(index), status)] = total.get((name, int(index), status), 0.0) + seconds
+        return total
+
+    expected, got = summed(_closed_states_in_python(*arguments)), summed(_closed_states_by_bucket(*arguments))
+    assert len(expected) >= buckets  # many buckets and states, not a trivial case
+    assert got == pytest.approx(expected)
