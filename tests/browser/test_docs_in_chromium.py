@@ -17,7 +17,7 @@ import pytest
 
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.util_service import FakeUtilService
-from tests.process.support import base_env, migrated_database, peer_env, running_gunicorn
+from tests.process.support import UNHURRIED, base_env, migrated_database, peer_env, running_gunicorn
 
 pytestmark = [pytest.mark.browser, pytest.mark.process]
 
@@ -99,14 +99,14 @@ def database_url(tmp_path: Path) -> Iterator[str]:
 
 
 def test_try_it_out_shows_the_live_503_of_a_fresh_clone(open_page: Any, database_url: str, tmp_path: Path) -> None:
-    env = base_env(DATABASE_URL=database_url, WEB_CONCURRENCY="1")
-    with running_gunicorn(env, tmp_path / "gunicorn.log") as (_, port):
+    env = base_env(DATABASE_URL=database_url, WEB_CONCURRENCY="1", **UNHURRIED)
+    with running_gunicorn(env, tmp_path / "gunicorn.log") as (server, port):
         origin = f"http://127.0.0.1:{port}"
         page, watch = open_page(origin, "/api/v1/schema/swagger-ui/")
         request_url, status, body = try_it_out(page)
     print(f"\nSwagger UI, Try it out, fresh clone: {status} {body.strip()[:160]}; {watch.summary()}")
     assert request_url == f"{origin}/api/v1/health/"
-    assert status == "503", body
+    assert status == "503", f"{body}\nserver log (each change with its reason):\n{server.output[-3000:]}"
     report = json.loads(body)
     assert report["status"] == "DEGRADED"
     assert report["details"] == {
@@ -121,12 +121,12 @@ def test_try_it_out_shows_the_live_503_of_a_fresh_clone(open_page: Any, database
 def test_try_it_out_shows_the_live_200_when_every_peer_answers(
     open_page: Any, database_url: str, tmp_path: Path, clerk_api: FakeClerkAPI, util_service: FakeUtilService
 ) -> None:
-    env = base_env(DATABASE_URL=database_url, WEB_CONCURRENCY="1", **peer_env(clerk_api, util_service))
-    with running_gunicorn(env, tmp_path / "gunicorn.log") as (_, port):
+    env = base_env(DATABASE_URL=database_url, WEB_CONCURRENCY="1", **UNHURRIED, **peer_env(clerk_api, util_service))
+    with running_gunicorn(env, tmp_path / "gunicorn.log") as (server, port):
         page, watch = open_page(f"http://127.0.0.1:{port}", "/api/v1/schema/swagger-ui/")
         _, status, body = try_it_out(page)
     print(f"\nSwagger UI, Try it out, peers up: {status} {body.strip()[:160]}; {watch.summary()}")
-    assert status == "200", body
+    assert status == "200", f"{body}\nserver log (each change with its reason):\n{server.output[-3000:]}"
     assert json.loads(body)["status"] == "OPERATIONAL"
     assert watch.blocked == [], f"the page tried to reach outside: {watch.blocked}"
 

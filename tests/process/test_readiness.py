@@ -11,7 +11,7 @@ import pytest
 
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.util_service import FakeUtilService
-from tests.process.support import base_env, http_request, migrated_database, peer_env, poll, running_gunicorn
+from tests.process.support import UNHURRIED, base_env, http_request, migrated_database, peer_env, poll, running_gunicorn
 
 pytestmark = pytest.mark.process
 
@@ -87,7 +87,9 @@ def test_readiness_follows_the_drain_file_at_once(
     tmp_path: Path, database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilService
 ) -> None:
     drain = tmp_path / "drain"
-    env = base_env(DATABASE_URL=database_url, HEALTH_DRAIN_FILE=str(drain), **peer_env(clerk_api, util_service))
+    env = base_env(
+        DATABASE_URL=database_url, HEALTH_DRAIN_FILE=str(drain), **UNHURRIED, **peer_env(clerk_api, util_service)
+    )
     with running_gunicorn(env, tmp_path / "gunicorn.log") as (_, port):
         assert answer(port, READY)[0] == 200
         drain.touch()

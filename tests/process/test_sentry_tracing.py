@@ -10,7 +10,7 @@ import pytest
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.sentry import SentryReceiver
 from tests.peers.util_service import FakeUtilService
-from tests.process.support import base_env, http_request, migrated_database, peer_env, running_gunicorn
+from tests.process.support import UNHURRIED, base_env, http_request, migrated_database, peer_env, running_gunicorn
 
 pytestmark = pytest.mark.process
 
@@ -25,6 +25,7 @@ def test_probes_are_never_traced_while_other_requests_are(
             SENTRY_DSN=sentry_receiver.dsn,
             SENTRY_TRACES_SAMPLE_RATE="1.0",
             SENTRY_ENVIRONMENT="process-test",
+            **UNHURRIED,
             **peer_env(clerk_api, util_service),
         )
         with running_gunicorn(env, tmp_path / "gunicorn.log") as (server, port):
