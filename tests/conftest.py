@@ -12,7 +12,7 @@ from health.service import reset_health_service
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.util_service import FakeUtilService
 
-pytest_plugins = ["tests.peers.fixtures"]
+pytest_plugins = ["tests.peers.fixtures", "tests.reporting"]
 
 ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 
@@ -50,12 +50,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # Files that take minutes first, then those with servers, then the rest: under
+    # pytest-xdist (``--dist loadfile``, ``make test``) each worker takes the next file
+    # in this order, so the long ones do not start last and keep the run going alone.
+    items.sort(key=_start_order)
     if ON_POSTGRES:
         return
     skip = pytest.mark.skip(reason="needs DATABASE_URL pointing at PostgreSQL")
     for item in items:
         if "postgres" in item.keywords:
             item.add_marker(skip)
+
+
+def _start_order(item: pytest.Item) -> int:
+    if item.get_closest_marker("long"):
+        return 0
+    if item.get_closest_marker("process") or item.get_closest_marker("image"):
+        return 1
+    return 2
 
 
 @pytest.fixture(autouse=True)

@@ -45,7 +45,7 @@ from tests.peers.util_service import FakeUtilService, UtilMode
 from tests.process.support import LOOPBACK, REPO, free_port, migrated_database, poll, port_open
 from tests.reporting import print_section
 
-pytestmark = [pytest.mark.image, pytest.mark.timeout(1800)]
+pytestmark = [pytest.mark.image, pytest.mark.long, pytest.mark.timeout(1800)]
 
 BUILDERS = ("buildkit", "legacy")
 PUBLIC_HOST = "api.example.com"
@@ -82,10 +82,10 @@ class Timings:
 
 
 @pytest.fixture(scope="module")
-def timings(request: pytest.FixtureRequest) -> Iterator[Timings]:
+def timings() -> Iterator[Timings]:
     recorded = Timings()
     yield recorded
-    print_section(request.config, "container image in a real engine: size and timings", recorded.lines())
+    print_section("container image in a real engine: size and timings", recorded.lines())
 
 
 # --------------------------------------------------------------------------- engine, base, images

@@ -78,8 +78,9 @@ from tests.process.support import (
     migrated_database,
     running_gunicorn,
 )
+from tests.reporting import print_section
 
-pytestmark = [pytest.mark.process, pytest.mark.postgres]
+pytestmark = [pytest.mark.process, pytest.mark.postgres, pytest.mark.long]
 
 HEALTH, LIVE = "/api/v1/health/", "/api/v1/health/live/"
 TTL = 1.0
@@ -267,23 +268,16 @@ def table(rows: list[Row]) -> str:
     return "\n".join(text)
 
 
-class _TablePrinter:
-    """A plugin registered by the module's fixture: the table in the terminal summary."""
-
-    def __init__(self, matrix: Matrix) -> None:
-        self.matrix = matrix
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.matrix.rows:
-            return
-        terminalreporter.section("fault matrix")
-        terminalreporter.write_line(
-            f"one gunicorn server (1 worker), HEALTH_CACHE_TTL={TTL:g} s, HEALTH_CHECK_TIMEOUT={TIMEOUT:g} s,"
-            f" no stale answers; first answer <= {FIRST_ANSWER_BOUND * 1000:.0f} ms,"
-            f" recovery <= {RECOVERY_BOUND * 1000:.0f} ms"
-        )
-        for line in table(self.matrix.rows).splitlines():
-            terminalreporter.write_line(line)
+def table_section(matrix: Matrix) -> None:
+    """The table, in the run's terminal summary (``tests/reporting.py``)."""
+    if not matrix.rows:
+        return
+    heading = (
+        f"one gunicorn server (1 worker), HEALTH_CACHE_TTL={TTL:g} s, HEALTH_CHECK_TIMEOUT={TIMEOUT:g} s,"
+        f" no stale answers; first answer <= {FIRST_ANSWER_BOUND * 1000:.0f} ms,"
+        f" recovery <= {RECOVERY_BOUND * 1000:.0f} ms"
+    )
+    print_section("fault matrix", [heading, *table(matrix.rows).splitlines()])
 
 
 def _proxy(upstream: int | tuple[str, int]) -> FaultProxy:
@@ -294,7 +288,7 @@ def _proxy(upstream: int | tuple[str, int]) -> FaultProxy:
 
 
 @pytest.fixture(scope="module")
-def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
+def matrix(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Matrix]:
     directory = tmp_path_factory.mktemp("fault-matrix")
     clerk_key = f"sk_test_{secrets.token_hex(12)}"
     sentry_key = secrets.token_hex(16)
@@ -343,12 +337,14 @@ def matrix(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFact
                     sentry,
                     forbidden=(clerk_key, sentry_key, db_password, *sorted(hosts), *sorted(ports)),
                 )
-                request.config.pluginmanager.register(_TablePrinter(matrix), "fault-matrix-table")
                 first = wait_until_healthy(matrix, within=30)
                 assert first.healthy, f"the server never became healthy: {first.brief()}\n{server.output}"
                 matrix.workers = worker_pids(server)
                 assert matrix.workers, f"gunicorn has no worker:\n{server.output}"
-                yield matrix
+                try:
+                    yield matrix
+                finally:
+                    table_section(matrix)
         finally:
             for proxy in proxies.values():
                 proxy.stop()

@@ -41,7 +41,7 @@ from tests.process.support import (
 )
 from tests.reporting import print_section
 
-pytestmark = [pytest.mark.process, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.process, pytest.mark.long, pytest.mark.timeout(300)]
 
 SCHEMATHESIS = str(Path(sys.executable).parent / "schemathesis")
 SCHEMA_PATH = "/api/v1/schema/"
@@ -229,7 +229,7 @@ def test_every_operation_survives_schemathesis_with_all_checks(
     assert events.is_file(), f"schemathesis wrote no events (exit {done.returncode}):\n{output}"
     run = FuzzRun.from_ndjson(events)
     title = f"schema fuzzing, {request.node.callspec.id} server (schemathesis, all checks)"
-    print_section(request.config, title, run.summary(seconds))
+    print_section(title, run.summary(seconds))
 
     assert done.returncode == 0, f"schemathesis failed (exit {done.returncode}):\n{output}\n{server.output[-3000:]}"
     assert not run.failures, "\n".join(run.failures)
