@@ -75,8 +75,12 @@ checkov: $(CHECKOV_STAMP)
 	$(CHECKOV_VENV)/bin/checkov --skip-download --quiet --compact --framework kubernetes -d deploy/kubernetes
 	$(CHECKOV_VENV)/bin/checkov --skip-download --quiet --compact --framework dockerfile -f Dockerfile
 
+# Test files run side by side in TEST_WORKERS processes (pytest-xdist, a file per worker
+# at a time): most files wait on servers, peers and the image build rather than on the CPU.
+# TEST_WORKERS=0 runs them one after another in this process.
+TEST_WORKERS ?= 4
 test: lint typecheck checkov
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 bench: install
 	$(BIN)/python -m bench $(BENCH_ARGS)
