@@ -18,6 +18,8 @@ never a host, a key or an error's text.
 
 from __future__ import annotations
 
+import glob
+import os
 import socket
 import threading
 import time
@@ -130,13 +132,37 @@ def multiprocess_dir() -> str:
     return str(getattr(settings, "PROMETHEUS_MULTIPROC_DIR", "") or "")
 
 
+class WorkerFilesCollector(prometheus_multiprocess.MultiProcessCollector):
+    """The library's multi-process collector, minus the files a worker has not sized yet.
+
+    A worker creates its file and only then sizes it (``MmapedDict.__init__``), so a
+    scrape answered by another worker in between finds 0 bytes, and the library's reader
+    raises ``struct.error`` for the whole scrape: a 500 from ``/metrics``, seen here when
+    a worker's first probe and a scrape met. A worker killed in that window would leave
+    the empty file, and every later scrape would fail. An empty file holds no value yet,
+    so it is left out; a file is sized once and never shrinks, so any other file is whole
+    enough to read. (prometheus/client_python#1199, still open in 0.26.)
+    """
+
+    def collect(self) -> Iterable[Any]:
+        files = glob.glob(os.path.join(self._path, "*.db"))
+        return self.merge([name for name in files if _sized(name)], accumulate=True)  # type: ignore[no-untyped-call, no-any-return]
+
+
+def _sized(path: str) -> bool:
+    try:
+        return os.stat(path).st_size > 0
+    except FileNotFoundError:  # a dead worker's live gauge, dropped since the glob
+        return False
+
+
 def exposition() -> bytes:
     """The text a scrape gets: every worker's files in multi-process mode, else this process."""
     directory = multiprocess_dir()
     if directory:
         # A fresh registry per scrape, as the library documents: the collector reads the files.
         registry = CollectorRegistry()
-        prometheus_multiprocess.MultiProcessCollector(registry, path=directory)  # type: ignore[no-untyped-call]
+        WorkerFilesCollector(registry, path=directory)  # type: ignore[no-untyped-call]
         return generate_latest(registry)
     return generate_latest(REGISTRY)
 

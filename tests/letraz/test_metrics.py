@@ -7,8 +7,12 @@ servers in ``tests/process``.
 from __future__ import annotations
 
 import http.client
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,6 +169,28 @@ def test_a_metrics_token_closes_metrics_to_everyone_else(client: Client) -> None
             assert b"letraz_health" not in response.content
         assert "letraz_health_probe_requests" in scrape(client, Authorization="Bearer scrape-me-please")
     assert client.post(METRICS).status_code == 405
+
+
+_WORKER = """
+import sys
+from prometheus_client import Counter
+Counter("letraz_test_worker_requests", "Requests a worker answered.").inc(int(sys.argv[1]))
+"""
+
+
+def test_a_scrape_reads_every_worker_past_a_file_a_worker_has_not_sized_yet(client: Client, tmp_path: Path) -> None:
+    """A worker creates its file, then sizes it: a scrape between the two read 0 bytes and answered 500.
+
+    The empty file here is that moment, and what a worker killed in it leaves for good.
+    """
+    for requests in (3, 4):  # two real worker processes write their own files
+        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+        subprocess.run([sys.executable, "-c", _WORKER, str(requests)], env=env, check=True, timeout=60)
+    (tmp_path / "counter_4194304.db").touch()
+    with override_settings(PROMETHEUS_MULTIPROC_DIR=str(tmp_path)):
+        text = scrape(client)
+    samples = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+    assert samples["letraz_test_worker_requests_total"] == 7, text
 
 
 # -- the gRPC process's endpoint, in this process -------------------------------------------------------
