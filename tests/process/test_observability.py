@@ -115,9 +115,9 @@ def answered_by(server: ServerProcess, path: str, query: str) -> int:
     return pid
 
 
-def scrape(port: int, query: str = "") -> str:
+def scrape(port: int, query: str = "", server: ServerProcess | None = None) -> str:
     status, headers, body = http_request(port, f"{METRICS}?{query}" if query else METRICS)
-    assert status == 200, body
+    assert status == 200, f"{status} {body[:200]!r}\n{server.output[-3000:] if server else ''}"
     assert headers["content-type"].startswith("text/plain; version=")
     return body.decode()
 
@@ -172,7 +172,7 @@ def test_a_count_made_in_one_worker_shows_in_a_scrape_answered_by_the_other(
         scrapes = 0
         while len(seen) < 2:
             assert scrapes < MAX_ATTEMPTS, f"one worker took all {scrapes} scrapes: {seen}"
-            text = scrape(port, f"s={scrapes}")
+            text = scrape(port, f"s={scrapes}", server)
             pid = answered_by(server, METRICS, f"s={scrapes}")
             seen[pid] = value(text, "letraz_health_probe_requests_total", path="health-live", code="200")
             scrapes += 1
@@ -183,7 +183,7 @@ def test_a_count_made_in_one_worker_shows_in_a_scrape_answered_by_the_other(
 
         # Results (recorded when a report is asked for) show as one state per component.
         assert poll(lambda: http_request(port, HEALTH)[0], lambda status: status == 200, timeout=15) == 200
-        text = scrape(port)
+        text = scrape(port, server=server)
         assert (value(text, "letraz_health_check_duration_seconds_count", component="clerk") or 0) >= 1
         assert states(text, Component.CLERK) == {"OPERATIONAL": 1.0, "DOWN": 0.0}
         for component in Component:
@@ -200,7 +200,7 @@ def test_a_count_made_in_one_worker_shows_in_a_scrape_answered_by_the_other(
             lambda: list(metrics_dir.glob(f"gauge_live*_{victim}.db")), lambda files: not files, timeout=10
         )
         assert not leftovers, leftovers
-        after = scrape(port)
+        after = scrape(port, server=server)
         assert value(after, "letraz_health_probe_requests_total", path="health-live", code="200") == sent
         for component in Component:
             assert [v for v in states(after, component).values() if v].count(1.0) <= 1, states(after, component)
@@ -250,7 +250,7 @@ def test_the_metrics_directory_is_emptied_at_start_and_removed_at_exit(
     with running_gunicorn(env, tmp_path / "given-dir.log") as (server, port):
         assert not stale.exists()
         assert http_request(port, LIVE)[0] == 200
-        text = scrape(port)
+        text = scrape(port, server=server)
         assert value(text, "letraz_health_probe_requests_total", path="health-live", code="200") == 1.0
         assert list(directory.glob("*.db"))  # the workers write here
 
@@ -259,7 +259,7 @@ def test_the_metrics_directory_is_emptied_at_start_and_removed_at_exit(
         assert clerk_api.wait_for_requests(2, timeout=15) and util_service.wait_for_requests(2, timeout=15)
         calls = clerk_api.requests, util_service.requests
         for _ in range(40):
-            scrape(port)
+            scrape(port, server=server)
         assert (clerk_api.requests, util_service.requests) == calls == (2, 2)
         server.terminate()
         assert server.wait(timeout=GRACEFUL_EXIT) == 0
@@ -402,7 +402,7 @@ def test_no_public_answer_carries_a_secret_a_host_a_port_or_a_traceback_while_pe
             answers = public_answers(port)
             assert ("GET /api/v1/health/diagnostics/", 401) in {(label, status) for label, status, _ in answers}
             assert_nothing_leaks(answers, secrets, ports)
-            metric_labels_are_clean(scrape(port))
+            metric_labels_are_clean(scrape(port, server=server))
             # The token holder learns why, still without a secret, host or port.
             diagnosed = diagnostics_with_token(port)
             assert_nothing_leaks([("diagnostics", 200, diagnosed)], secrets - {LOOPBACK} | {TOKEN}, set())
