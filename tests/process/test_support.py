@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -55,6 +56,53 @@ def test_a_server_dies_when_the_test_run_is_killed_without_any_teardown(tmp_path
         while not gone(server_pid) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gone(server_pid), f"server {server_pid} outlived the test run"
+    finally:
+        run.kill()
+        run.wait(timeout=10)
+
+
+#: A test for a parallel run (``make test``: pytest-xdist) to hold: its worker's pid and
+#: its server's, then a wait that only a kill ends.
+_HOLDING_TEST = """
+import os, sys, time
+from pathlib import Path
+from tests.process.support import ServerProcess, base_env
+
+def test_hold(tmp_path):
+    server = ServerProcess([sys.executable, "-c", "import time; time.sleep(120)"], base_env(), tmp_path / "server.log")
+    Path(os.environ["PIDS_FILE"]).write_text(f"{os.getpid()} {server.popen.pid}")
+    time.sleep(120)
+"""
+
+
+@pytest.mark.process
+def test_a_parallel_run_killed_without_any_teardown_takes_its_workers_and_servers_along(tmp_path: Path) -> None:
+    test_file = tmp_path / "test_hold.py"
+    test_file.write_text(_HOLDING_TEST)
+    pids_file = tmp_path / "pids"
+    # The xdist controller, as make test starts it, on a test outside this suite's config.
+    run = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-q", "-n", "1", "-c", os.devnull, "-p", "no:django", "-p", "no:cacheprovider"]
+        + ["--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "basetemp"), str(test_file)],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=os.environ | {"PYTHONPATH": str(REPO), "PIDS_FILE": str(pids_file)},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not pids_file.exists() and run.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert pids_file.exists(), f"the inner run never started its server (exit {run.poll()})"
+        worker_pid, server_pid = (int(pid) for pid in pids_file.read_text().split())
+        assert worker_pid != run.pid and not gone(worker_pid) and not gone(server_pid)
+        run.send_signal(signal.SIGKILL)
+        run.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while not (gone(worker_pid) and gone(server_pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert gone(worker_pid), f"xdist worker {worker_pid} outlived the killed run"
+        assert gone(server_pid), f"server {server_pid} outlived the killed run"
     finally:
         run.kill()
         run.wait(timeout=10)
