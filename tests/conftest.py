@@ -12,7 +12,7 @@ from health.service import reset_health_service
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.util_service import FakeUtilService
 
-pytest_plugins = ["tests.peers.fixtures", "tests.reporting"]
+pytest_plugins = ["tests.peers.fixtures", "tests.reporting", "tests.die_with_run"]
 
 ON_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit, urlunsplit
 import psycopg
 from psycopg import sql
 
+from tests.die_with_run import PR_SET_PDEATHSIG
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.util_service import FakeUtilService
 
@@ -209,7 +210,7 @@ def raw_http(port: int, request: bytes, *, timeout: float = 5.0) -> bytes:
 #: gunicorn's workers notice their master is gone and stop on their own.
 _DIE_WITH_PARENT = (
     "import ctypes, os, signal, sys\n"
-    "ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({PR_SET_PDEATHSIG}, signal.SIGKILL)\n"
     "if os.getppid() != int(sys.argv[1]): sys.exit(70)\n"
     "os.execvp(sys.argv[2], sys.argv[2:])\n"
 )

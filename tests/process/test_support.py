@@ -80,9 +80,10 @@ def test_a_parallel_run_killed_without_any_teardown_takes_its_workers_and_server
     test_file = tmp_path / "test_hold.py"
     test_file.write_text(_HOLDING_TEST)
     pids_file = tmp_path / "pids"
-    # The xdist controller, as make test starts it, on a test outside this suite's config.
+    # The xdist controller, as make test starts it, with this suite's plugin for it.
     run = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-n", "1", "-c", os.devnull, "-p", "no:django", "-p", "no:cacheprovider"]
+        + ["-p", "tests.die_with_run"]
         + ["--rootdir", str(tmp_path), "--basetemp", str(tmp_path / "basetemp"), str(test_file)],
         cwd=REPO,
         stdout=subprocess.DEVNULL,
@@ -98,7 +99,9 @@ def test_a_parallel_run_killed_without_any_teardown_takes_its_workers_and_server
         assert worker_pid != run.pid and not gone(worker_pid) and not gone(server_pid)
         run.send_signal(signal.SIGKILL)
         run.wait(timeout=10)
-        deadline = time.monotonic() + 10
+        # The kernel kills both at once (tests/die_with_run.py). 4 s is far more than that
+        # takes, and less than execnet's own give-up ever takes (5 s at least).
+        deadline = time.monotonic() + 4
         while not (gone(worker_pid) and gone(server_pid)) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert gone(worker_pid), f"xdist worker {worker_pid} outlived the killed run"
