@@ -15,11 +15,12 @@ from pathlib import Path
 import pytest
 
 from tests.process.support import REPO, base_env, configured_database_url
+from tests.reporting import print_section
 
 pytestmark = [pytest.mark.process, pytest.mark.postgres]
 
 
-def test_a_short_soak_passes_and_reports_every_figure(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_short_soak_passes_and_reports_every_figure(tmp_path: Path) -> None:
     output = tmp_path / "soak.json"
     done = subprocess.run(
         [
@@ -40,8 +41,7 @@ def test_a_short_soak_passes_and_reports_every_figure(tmp_path: Path, capsys: py
         timeout=100,
         check=False,
     )
-    with capsys.disabled():  # the figures belong in the test run's output
-        print(f"\n{done.stdout}")
+    print_section("short soak (bench/soak.py, 15 s)", done.stdout.strip().splitlines())
     assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
     for section in ("answers by path and status", "p50", "p99", "upstream in", "server processes", "PASS"):
         assert section in done.stdout, done.stdout
