@@ -253,7 +253,18 @@ class ServerProcess:
 
     @property
     def output(self) -> str:
+        """Everything written so far, a line still being written included (for messages)."""
         return self.log_path.read_text(errors="replace")
+
+    @property
+    def complete_output(self) -> str:
+        """The lines written in full so far: what a test may parse while the server runs.
+
+        A read can see part of a write in progress: half a JSON line (seen on a loaded
+        machine), or a port number cut short, which would be a wrong port.
+        """
+        text = self.output
+        return text[: text.rfind("\n") + 1]
 
     def running(self) -> bool:
         return self.popen.poll() is None
@@ -263,7 +274,7 @@ class ServerProcess:
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         while True:
-            match = regex.search(self.output)
+            match = regex.search(self.complete_output)
             if match:
                 return match
             if not self.running():

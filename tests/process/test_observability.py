@@ -95,7 +95,7 @@ def web_env(database_url: str, clerk_api: FakeClerkAPI, util_service: FakeUtilSe
 
 def json_lines(server: ServerProcess) -> list[dict[str, Any]]:
     lines = []
-    for line in server.output.splitlines():
+    for line in server.complete_output.splitlines():
         if line.startswith("{"):
             lines.append(json.loads(line))
     return lines

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.process.support import REPO
+from tests.process.support import REPO, ServerProcess, base_env
 
 #: A stand-in for a test run: starts a "server" through ServerProcess, says its pid, waits.
 _TEST_RUN = """
@@ -109,3 +109,21 @@ def test_a_parallel_run_killed_without_any_teardown_takes_its_workers_and_server
     finally:
         run.kill()
         run.wait(timeout=10)
+
+
+@pytest.mark.process
+def test_a_line_still_being_written_is_not_parsed(tmp_path: Path) -> None:
+    # The state a reader meets in the middle of a write: a whole line, then part of one.
+    writer = "import sys, time; sys.stdout.write('ready\\nlistening on 12'); sys.stdout.flush(); time.sleep(60)"
+    server = ServerProcess([sys.executable, "-c", writer], base_env(), tmp_path / "server.log")
+    try:
+        deadline = time.monotonic() + 30
+        while not server.output.endswith("12") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert server.output == "ready\nlistening on 12"
+        assert server.complete_output == "ready\n"
+        assert server.wait_for_line(r"ready", timeout=5)
+        with pytest.raises(AssertionError, match="no 'listening on"):
+            server.wait_for_line(r"listening on (\d+)", timeout=0.5)  # not port 12
+    finally:
+        server.kill()
