@@ -70,7 +70,9 @@ from tests.process.support import ServerProcess, base_env
 
 def test_hold(tmp_path):
     server = ServerProcess([sys.executable, "-c", "import time; time.sleep(120)"], base_env(), tmp_path / "server.log")
-    Path(os.environ["PIDS_FILE"]).write_text(f"{os.getpid()} {server.popen.pid}")
+    written = Path(os.environ["PIDS_FILE"] + ".part")
+    written.write_text(f"{os.getpid()} {server.popen.pid}")
+    written.rename(os.environ["PIDS_FILE"])  # whole when it appears
     time.sleep(120)
 """
 
