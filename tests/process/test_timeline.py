@@ -149,13 +149,23 @@ def test_changes_wait_in_memory_while_the_database_is_down_and_keep_their_times(
             assert not [r for r in timeline(database_url) if r.to_status in ("DOWN", "FATAL")], "written while cut?"
             relay.restore()
             restored_at = time.time()
-            rows = wait_for_rows(
-                database_url,
-                lambda rows: (
-                    ("OPERATIONAL", "DOWN") in states(rows, "clerk") and ("FATAL", "OPERATIONAL") in states(rows, "db")
-                ),
-                "the buffered changes",
-            )
+
+            # Each worker writes its own buffer when the database answers, and the instance
+            # keeps the earliest observation of a change (health/timeline.py). A worker that
+            # saw a change later can write first, so the rows are final only once the worker
+            # whose answer the test saw has written its buffer too: wait for that. A change
+            # written with its write time instead of its observed time never gets there.
+            def written_as_seen(rows: list[Row]) -> bool:
+                return (
+                    ("OPERATIONAL", "DOWN") in states(rows, "clerk")
+                    and ("FATAL", "OPERATIONAL") in states(rows, "db")
+                    and all(
+                        any(r.component == c and r.to_status == s and r.at.timestamp() <= seen_at for r in rows)
+                        for c, s in (("clerk", "DOWN"), ("db", "FATAL"))
+                    )
+                )
+
+            rows = wait_for_rows(database_url, written_as_seen, "the buffered changes, at or before they were seen")
             server.wait_for_line(r"timeline: the database did not take", timeout=SETTLE)
             server.wait_for_line(r"timeline: the database answers again", timeout=SETTLE)
     down = next(r for r in rows if r.component == "clerk" and r.to_status == "DOWN")
