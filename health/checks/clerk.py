@@ -16,6 +16,12 @@ from health.status import ClerkStatus, Component
 
 #: The client's own timeout; every call passes the run's time limit instead.
 DEFAULT_TIMEOUT_MS = 5000
+#: One idle connection kept between runs, not httpx's 20. A partition that ends without
+#: FIN or RST freezes every idle connection, and each would cost a run (a TTL of DOWN)
+#: after Clerk is back: two, left by a hung run and its successor, were seen. The one
+#: kept costs one run, whose timeout closes it. A check asks once per TTL; reusing that
+#: connection is all the pool is for.
+KEEP_ONE_CONNECTION = httpx.Limits(max_keepalive_connections=1)
 
 
 @dataclass
@@ -72,6 +78,7 @@ class ClerkCheck:
                 self._client = Clerk(
                     bearer_auth=self.secret_key,
                     server_url=self.api_url,
+                    client=httpx.Client(follow_redirects=True, limits=KEEP_ONE_CONNECTION),  # else as the SDK makes it
                     retry_config=None,
                     timeout_ms=timeout_ms,
                 )

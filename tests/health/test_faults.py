@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
 import sentry_sdk
 from django.db import connections
 
-from health.checks import CheckFailed, DatabaseCheck, UtilServiceCheck
+from health.checks import CheckFailed, ClerkCheck, DatabaseCheck, UtilServiceCheck
 from health.conf import parse_grpc_target
 from health.listeners import SentryListener
 from health.runner import CheckResult
 from health.service import HealthService
 from health.status import Component, ComponentStatus, DatabaseStatus, UtilServiceStatus
 from letraz import sentry as sentry_setup
+from tests.peers.clerk import FakeClerkAPI
 from tests.peers.proxy import FaultProxy, ProxyMode
 from tests.peers.sentry import SentryReceiver
 from tests.peers.util_service import FakeUtilService, UtilMode
@@ -118,6 +120,40 @@ def test_util_rebuilds_its_channel_after_a_deadline_at_most_once_per_ttl(
         assert ask() == "DISCONNECTED (RPC DEADLINE_EXCEEDED (no answer in time))"  # a TTL later: rebuilt
         assert ask() == "OPERATIONAL"
         assert proxy.accepted == 3
+    finally:
+        check.close()
+
+
+# -- Clerk: idle keep-alive connections that die without FIN or RST ------------------------
+
+
+def test_clerk_frozen_idle_connections_cost_one_run_not_one_each(
+    clerk_api: FakeClerkAPI, fault_proxy: MakeProxy
+) -> None:
+    """A partition freezes every idle connection the HTTP pool keeps; each would cost a run.
+
+    Two runs at once (a hung run and its successor, as the runner allows) leave two idle
+    connections behind. The fault matrix saw clerk stay DOWN for two TTLs after a stall
+    was lifted, one timed-out run per frozen connection.
+    """
+    proxy = fault_proxy(clerk_api.port)
+    check = ClerkCheck(secret_key=clerk_api.secret_key, api_url=f"http://127.0.0.1:{proxy.port}/v1")
+
+    def ask() -> str:
+        try:
+            return check.run(TIMEOUT).status
+        except CheckFailed as failure:
+            return f"{failure.status} ({failure.reason})"
+
+    try:
+        proxy.latency = 0.2  # long enough that two calls at once need two connections
+        with ThreadPoolExecutor(2) as pool:
+            assert list(pool.map(lambda _: ask(), range(2))) == ["OPERATIONAL", "OPERATIONAL"]
+        proxy.latency = 0.0
+        assert proxy.accepted == 2
+        proxy.stall()  # every connection the pool keeps freezes
+        assert ask() == f"DOWN (no answer within {TIMEOUT:g} s)"
+        assert ask() == "OPERATIONAL"  # a new connection, not the next frozen one
     finally:
         check.close()
 
