@@ -16,12 +16,6 @@ from health.status import ClerkStatus, Component
 
 #: The client's own timeout; every call passes the run's time limit instead.
 DEFAULT_TIMEOUT_MS = 5000
-#: One idle connection kept between runs, not httpx's 20. A partition that ends without
-#: FIN or RST freezes every idle connection, and each would cost a run (a TTL of DOWN)
-#: after Clerk is back: two, left by a hung run and its successor, were seen. The one
-#: kept costs one run, whose timeout closes it. A check asks once per TTL; reusing that
-#: connection is all the pool is for.
-KEEP_ONE_CONNECTION = httpx.Limits(max_keepalive_connections=1)
 
 
 @dataclass
@@ -45,6 +39,8 @@ class ClerkCheck:
     error_status: ClerkStatus = field(default=ClerkStatus.DOWN, init=False)
     _client: Clerk | None = field(default=None, init=False, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
+    #: The client's connection pool, ours so that a failure can empty it (``_drop_connections``).
+    _transport: httpx.HTTPTransport = field(default_factory=httpx.HTTPTransport, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if self.secret_key:
@@ -62,7 +58,8 @@ class ClerkCheck:
             raise CheckFailed(ClerkStatus.DOWN, http_status_reason(exc.status_code)) from exc
         except NoResponseError as exc:
             raise CheckFailed(ClerkStatus.DOWN, "no response") from exc
-        except httpx.TimeoutException as exc:
+        except httpx.TransportError as exc:  # a timeout among them
+            self._drop_connections()
             raise CheckFailed(ClerkStatus.DOWN, http_reason(exc, timeout)) from exc
         except (httpx.HTTPError, httpx.InvalidURL) as exc:
             raise CheckFailed(ClerkStatus.DOWN, http_reason(exc, timeout)) from exc
@@ -78,11 +75,22 @@ class ClerkCheck:
                 self._client = Clerk(
                     bearer_auth=self.secret_key,
                     server_url=self.api_url,
-                    client=httpx.Client(follow_redirects=True, limits=KEEP_ONE_CONNECTION),  # else as the SDK makes it
+                    client=httpx.Client(follow_redirects=True, transport=self._transport),  # else the SDK's
                     retry_config=None,
                     timeout_ms=timeout_ms,
                 )
             return self._client
+
+    def _drop_connections(self) -> None:
+        """Close every pooled connection: the next run connects anew.
+
+        A partition that ends without FIN or RST freezes every idle keep-alive connection
+        (httpx keeps up to 20), and each would cost a run timing out on it, a TTL of DOWN
+        apiece, after Clerk is back: two, left by a hung run and its successor, were seen.
+        After a transport failure none of them is trusted; a new one costs one handshake.
+        The pool stays usable, and the client is not rebuilt (that is the costly part).
+        """
+        self._transport.close()
 
     def close(self) -> None:
         with self._lock:
