@@ -43,6 +43,14 @@ def service_for(check: Any, *, ttl: float = TTL, timeout: float = TIMEOUT, **kwa
     )
 
 
+def outcome(check: Any) -> str:
+    """One run of ``check`` within TIMEOUT: its status, and its reason when it failed."""
+    try:
+        return str(check.run(TIMEOUT).status)
+    except CheckFailed as failure:
+        return f"{failure.status} ({failure.reason})"
+
+
 def wait_for_status(
     service: HealthService, component: Component, wanted: ComponentStatus, *, within: float
 ) -> list[CheckResult]:
@@ -101,10 +109,7 @@ def test_util_rebuilds_its_channel_after_a_deadline_at_most_once_per_ttl(
     )
 
     def ask() -> str:
-        try:
-            return check.run(TIMEOUT).status
-        except CheckFailed as failure:
-            return f"{failure.status} ({failure.reason})"
+        return outcome(check)
 
     try:
         assert ask() == "OPERATIONAL"
@@ -140,10 +145,7 @@ def test_clerk_frozen_idle_connections_cost_one_run_not_one_each(
     check = ClerkCheck(secret_key=clerk_api.secret_key, api_url=f"http://127.0.0.1:{proxy.port}/v1")
 
     def ask() -> str:
-        try:
-            return check.run(TIMEOUT).status
-        except CheckFailed as failure:
-            return f"{failure.status} ({failure.reason})"
+        return outcome(check)
 
     try:
         proxy.latency = 0.2  # long enough that two calls at once need two connections
