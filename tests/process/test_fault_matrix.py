@@ -34,6 +34,9 @@ What one case asserts (its row in the table printed at the end of the run):
   with every component ``OPERATIONAL`` and 200 is at most TTL + 1 s, and every answer for a
   further TTL + time limit stays so (every check ran again after recovering: no broken
   pooled connection survives). No restart: the same server (and worker) throughout.
+  When the faulted component itself was back in time and only another one (whose peer
+  was never faulted) answered late or dipped, the case runs once more from the start, as
+  for a late first answer; a real relapse or slow recovery comes again and fails.
 
 The faults (``FAULTS``), each as a peer would misbehave for everyone, pooled connections
 included: ``pass`` (the control row), ``refuse`` (the peer is gone: live connections
@@ -492,9 +495,16 @@ def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[lis
     lifted_at = time.monotonic()
     recovered: Answer | None = None
     came_back: Answer | None = None  # the first healthy answer, even if a dip followed
+    itself_back: float | None = None  # since when the faulted component itself answers OPERATIONAL
+    others_down: set[str] = set()  # the other components that were not, meanwhile
     confirm_until = lifted_at + RECOVERY_BOUND + 2.0  # looks a little past the bound, to say when
     while time.monotonic() < confirm_until:
         answer = probe("lifted")
+        if answer.details.get(dependency) != "OPERATIONAL":
+            itself_back, others_down = None, set()
+        else:
+            itself_back = itself_back or answer.received_at
+            others_down |= {name for name, state in answer.details.items() if state != "OPERATIONAL"}
         if not answer.healthy:
             recovered = None
         elif recovered is None:
@@ -532,7 +542,18 @@ def run_case(matrix: Matrix, row: Row, dependency: str, fault: str) -> tuple[lis
     elif recovered is None:
         failures.append(f"not back to OPERATIONAL for {CONFIRM:g} s in a row after the fault was lifted")
     elif recovered.received_at - lifted_at > RECOVERY_BOUND:
-        failures.append(f"recovered after {row.recovery_ms:.0f} ms > {RECOVERY_BOUND * 1000:.0f} ms")
+        late = f"recovered after {row.recovery_ms:.0f} ms > {RECOVERY_BOUND * 1000:.0f} ms"
+        if itself_back is not None and itself_back - lifted_at <= RECOVERY_BOUND and others_down:
+            # The faulted component was back in time and stayed; only another one, whose
+            # peer was never faulted, answered late (production's 0.5 s limit on a stalled
+            # machine). That is a moment of the machine, not this fault's recovery: one
+            # more pass from the start, where a real relapse comes again.
+            slow.append(
+                f"{late}, though {dependency} itself was back after"
+                f" {(itself_back - lifted_at) * 1000:.0f} ms; late: {', '.join(sorted(others_down))}"
+            )
+        else:
+            failures.append(late)
     if not matrix.server.running():
         failures.append("the server exited")
     elif worker_pids(matrix.server) != matrix.workers:
