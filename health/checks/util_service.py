@@ -17,7 +17,12 @@ from health.proto import util_health_pb2, util_health_pb2_grpc
 from health.status import Component, UtilServiceStatus
 
 #: The defaults back off up to 120 s after the peer restarts; a second is enough
-#: for a health check that runs once per cache period anyway. Keepalive pings notice a
+#: for a health check that runs once per cache period anyway. Not
+#: ``grpc.min_reconnect_backoff_ms``: despite its name, grpc-core takes it as the least
+#: time a connection attempt (TCP, TLS, the server's HTTP/2 SETTINGS) may take before it
+#: is given up as UNAVAILABLE. At 200 ms a peer 250 ms away, or a loaded host, read as
+#: unreachable while it would have answered within the check's limit; at its default
+#: (20 s) the call's own deadline bounds the attempt. Keepalive pings notice a
 #: connection whose peer vanished without FIN or RST (the kernel alone takes up to two
 #: hours idle, or 15 minutes of retransmits): no PING ack within 5 s closes it and the
 #: next call connects anew. Every 5 minutes, also between calls, is the most gRPC
@@ -27,7 +32,6 @@ from health.status import Component, UtilServiceStatus
 #: channel is dropped after it (see ``UtilServiceCheck``).
 CHANNEL_OPTIONS = (
     ("grpc.initial_reconnect_backoff_ms", 200),
-    ("grpc.min_reconnect_backoff_ms", 200),
     ("grpc.max_reconnect_backoff_ms", 1000),
     ("grpc.enable_retries", 0),
     ("grpc.keepalive_time_ms", 300_000),
