@@ -69,6 +69,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 
+from tests.leaks import mentions
 from tests.peers.clerk import FakeClerkAPI
 from tests.peers.proxy import FaultProxy, ProxyMode
 from tests.peers.sentry import SentryReceiver
@@ -418,7 +419,7 @@ def check_answer(matrix: Matrix, answer: Answer, problems: list[str], when: str)
     elif body["status"] != ("OPERATIONAL" if answer.code == 200 else "DEGRADED"):
         problems.append(f"{when}: status {body['status']} with HTTP {answer.code}")
     text = answer.raw.decode(errors="replace")
-    leaked = [s for s in matrix.forbidden if s in text]
+    leaked = [s for s in matrix.forbidden if mentions(text, s)]
     if leaked:
         problems.append(f"{when}: the body carries {leaked}: {text[:300]}")
 

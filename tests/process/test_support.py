@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.leaks import mentions
 from tests.process.support import REPO, ServerProcess, base_env
 
 #: A stand-in for a test run: starts a "server" through ServerProcess, says its pid, waits.
@@ -129,3 +130,12 @@ def test_a_line_still_being_written_is_not_parsed(tmp_path: Path) -> None:
             server.wait_for_line(r"listening on (\d+)", timeout=0.5)  # not port 12
     finally:
         server.kill()
+
+
+def test_a_port_is_mentioned_as_a_number_not_as_digits_of_another() -> None:
+    # A CI run failed on "7443" inside a timestamp's microseconds, "12:32:07.827443".
+    assert mentions("util.internal.example:7443 said no", 7443)
+    assert mentions('{"reason": "port 7443 refused"}', "7443")
+    assert not mentions('{"since": "2026-11-30T12:32:07.827443+00:00"}', "7443")
+    assert not mentions("instance 174431", 7443)
+    assert mentions("sk_live_secret in the body", "sk_live_secret")
